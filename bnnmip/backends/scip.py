@@ -1,0 +1,119 @@
+"""Native SCIP backend (pyscipopt): variables once per column, one linear constraint per CSR row."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyscipopt
+from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
+from pyscipopt.scip import Expr, ExprCons, Term
+
+from ..milp.model import MilpModel, MilpSolution, relative_gap
+
+NAME = "scip"
+_STATUS = {
+    "optimal": "optimal",
+    "infeasible": "infeasible",
+    "timelimit": "time_limit",
+    "userinterrupt": "time_limit",
+    "gaplimit": "time_limit",
+    "sollimit": "time_limit",
+    "bestsollimit": "time_limit",
+    "nodelimit": "time_limit",
+    "totalnodelimit": "time_limit",
+    "stallnodelimit": "time_limit",
+}
+
+
+def _bound(value: float, model: pyscipopt.Model):
+    return None if not np.isfinite(value) else float(value)
+
+
+def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, list]:
+    """A pyscipopt Model holding ``model`` and its variables in column order."""
+    scip = pyscipopt.Model(model.name)
+    scip.hideOutput(not verbose)
+    names = model.col_names()
+    binary = model.integrality & (model.col_lower >= 0) & (model.col_upper <= 1)
+    vtypes = np.where(binary, "B", np.where(model.integrality, "I", "C"))
+    lower = [None if not np.isfinite(v) else float(v) for v in model.col_lower]
+    upper = [None if not np.isfinite(v) else float(v) for v in model.col_upper]
+    variables = [scip.addVar(n, vtype=t, lb=lo, ub=hi) for n, t, lo, hi in zip(names, vtypes, lower, upper)]
+    terms = [Term(v) for v in variables]
+    A, row_names = model.A, model.rows_names()
+    indptr, indices, data = A.indptr, A.indices.tolist(), A.data.tolist()
+    for r in range(model.num_rows):
+        start, end = indptr[r], indptr[r + 1]
+        expr = Expr(dict(zip((terms[i] for i in indices[start:end]), data[start:end])))
+        lo, hi = model.row_lower[r], model.row_upper[r]
+        cons = ExprCons(expr, lhs=float(lo) if np.isfinite(lo) else None, rhs=float(hi) if np.isfinite(hi) else None)
+        scip.addCons(cons, name=row_names[r])
+    nonzero = np.flatnonzero(model.objective)
+    scip.setObjective(Expr({terms[i]: float(model.objective[i]) for i in nonzero}),
+                      sense="maximize" if model.sense == "max" else "minimize")
+    if model.objective_offset:
+        scip.addObjoffset(float(model.objective_offset))
+    return scip, variables
+
+
+class _Incumbents(Eventhdlr):
+    """Records every new best solution; may interrupt the solve."""
+
+    def __init__(self, variables, t0, on_incumbent):
+        self.variables, self.t0, self.on_incumbent = variables, t0, on_incumbent
+        self.trace = []
+
+    def eventinit(self):
+        self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+    def eventexit(self):
+        self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+
+    def eventexec(self, event):
+        sol = self.model.getBestSol()
+        objective = float(self.model.getSolObjVal(sol))
+        self.trace.append((time.perf_counter() - self.t0, objective))
+        if self.on_incumbent is not None:
+            values = np.array([self.model.getSolVal(sol, v) for v in self.variables])
+            if self.on_incumbent(values, objective):
+                self.model.interruptSolve()
+
+
+def configure(scip: pyscipopt.Model, time_limit: float | None, threads: int | None, verbose: bool) -> None:
+    scip.hideOutput(not verbose)
+    scip.setParam("limits/time", float(time_limit) if time_limit else 1e20)
+    scip.setParam("limits/gap", 0.0)
+    scip.setParam("limits/absgap", 1e-9)
+
+
+def run(scip: pyscipopt.Model, variables: list, model: MilpModel, *, t0: float, start=None,
+        on_incumbent=None) -> MilpSolution:
+    handler = _Incumbents(variables, t0, on_incumbent)
+    scip.includeEventhdlr(handler, "bnnmip_incumbents", "records incumbents")
+    if start is not None:
+        sol = scip.createSol()
+        for var, value in zip(variables, np.asarray(start, np.float64).tolist()):
+            scip.setSolVal(sol, var, value)
+        scip.addSol(sol, free=True)
+    scip.optimize()
+    elapsed = time.perf_counter() - t0
+    raw = scip.getStatus()
+    status = _STATUS.get(raw, "error")
+    bound = _bound(scip.getDualbound(), scip) if status in ("optimal", "time_limit") else None
+    if status == "error":
+        return MilpSolution.failure(NAME, "error", elapsed, f"SCIP status {raw!r}")
+    if scip.getNSols() == 0 or status == "infeasible":
+        return MilpSolution(status, None, None, bound, None, elapsed, NAME, trace=tuple(handler.trace))
+    best = scip.getBestSol()
+    values = np.array([scip.getSolVal(best, v) for v in variables])
+    objective = float(scip.getSolObjVal(best))
+    return MilpSolution("optimal" if status == "optimal" else "feasible", values, objective, bound,
+                        relative_gap(objective, bound), elapsed, NAME, trace=tuple(handler.trace))
+
+
+def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
+          on_incumbent=None, t0: float) -> MilpSolution:
+    scip, variables = build(model, verbose)
+    configure(scip, time_limit, threads, verbose)
+    return run(scip, variables, model, t0=t0, start=start, on_incumbent=on_incumbent)

@@ -1,0 +1,223 @@
+r"""The solver-agnostic mixed-integer linear program every backend reads.
+
+.. math::  \max / \min\ c^\top v + c_0 \quad\text{s.t.}\quad r_{lo} \le A v \le r_{hi},\ \ v_{lo} \le v \le v_{hi},
+           \ \ v_i \in \mathbb{Z}\ (i \in I)
+
+``A`` is one CSR matrix; the :class:`ColumnMap` says which pixel or which unit of which stage
+each column stands for (the inverse map from a solution back to the network).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import InvalidArgumentError
+
+STATUSES = ("optimal", "feasible", "infeasible", "time_limit", "error")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """What each column is: ``stage[i] == -1`` for input pixel ``index[i]``, else unit ``index[i]``
+    of ``net.threshold_stages[stage[i]]`` (a binary with ``h = 2 b - 1``)."""
+
+    stage: np.ndarray  # int32
+    index: np.ndarray  # int32
+    stage_names: tuple[str, ...] = ()
+
+    def columns_of(self, stage: int) -> tuple[np.ndarray, np.ndarray]:
+        """(units, columns) of one stage (-1: the input pixels)."""
+        cols = np.flatnonzero(self.stage == stage)
+        return self.index[cols], cols
+
+    def names(self) -> list[str]:
+        prefix = ["x"] + list(self.stage_names)
+        return [f"{prefix[s + 1]}_{i}" for s, i in zip(self.stage.tolist(), self.index.tolist())]
+
+
+@dataclass(frozen=True)
+class MilpSolution:
+    """The outcome of one solve; a failed or time-limited solve is still well-formed.
+
+    ``status``: 'optimal' (proved), 'feasible' (stopped with an incumbent, never reported as
+    optimal), 'infeasible', 'time_limit' (no incumbent) or 'error'.  ``bound`` is the best dual
+    bound (an upper bound when maximising); ``trace`` lists (seconds, incumbent objective).
+    """
+
+    status: str
+    values: np.ndarray | None
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    time: float
+    backend: str
+    message: str = ""
+    trace: tuple = ()
+
+    @classmethod
+    def failure(cls, backend: str, status: str, elapsed: float, message: str = "", bound=None) -> MilpSolution:
+        return cls(status, None, None, bound, None, elapsed, backend, message)
+
+    @property
+    def has_solution(self) -> bool:
+        return self.values is not None
+
+
+def relative_gap(objective: float | None, bound: float | None) -> float | None:
+    if objective is None or bound is None or not np.isfinite(bound):
+        return None
+    return abs(bound - objective) / max(1e-10, abs(objective))
+
+
+@dataclass(frozen=True, eq=False)
+class MilpModel:
+    """A MILP as arrays: columns, one CSR constraint matrix with row bounds, a linear objective.
+
+    Build attack models with :func:`bnnmip.attack_milp`; solve with :meth:`solve`, hand to a
+    solver natively with :meth:`to_highs` / :meth:`to_scip` / :meth:`to_cvxpy`, or write an
+    ``.mps`` / ``.lp`` file with :meth:`write`.
+    """
+
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    integrality: np.ndarray  # bool: integer column
+    A: sp.csr_matrix
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    objective: np.ndarray
+    objective_offset: float = 0.0
+    sense: str = "max"
+    columns: ColumnMap | None = None
+    row_names: list[str] | None = None
+    name: str = "bnnmip"
+    info: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        n, m = len(self.col_lower), len(self.row_lower)
+        if self.A.shape != (m, n) or len(self.col_upper) != n or len(self.objective) != n:
+            raise InvalidArgumentError(f"MilpModel: inconsistent sizes (A {self.A.shape}, {m} rows, {n} columns)")
+        if self.sense not in ("max", "min"):
+            raise InvalidArgumentError(f"sense={self.sense!r}: expected 'max' or 'min'")
+
+    # ------------------------------------------------------------------ size
+    @property
+    def num_cols(self) -> int:
+        return len(self.col_lower)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_lower)
+
+    @property
+    def num_integer(self) -> int:
+        return int(np.count_nonzero(self.integrality))
+
+    @property
+    def num_binary(self) -> int:
+        return int(np.count_nonzero(self.integrality & (self.col_lower == 0) & (self.col_upper == 1)))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.A.nnz)
+
+    def col_names(self) -> list[str]:
+        return self.columns.names() if self.columns is not None else [f"c{i}" for i in range(self.num_cols)]
+
+    def rows_names(self) -> list[str]:
+        return self.row_names if self.row_names is not None else [f"r{i}" for i in range(self.num_rows)]
+
+    def __repr__(self) -> str:
+        return (
+            f"MilpModel({self.name!r}: {self.sense} over {self.num_cols} columns "
+            f"({self.num_binary} binary, {self.num_integer - self.num_binary} other integer), "
+            f"{self.num_rows} rows, {self.nnz} nonzeros)"
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, values: np.ndarray) -> float:
+        """The objective at ``values``."""
+        return float(self.objective @ values + self.objective_offset)
+
+    def violation(self, values: np.ndarray) -> float:
+        """The largest violation of a bound, row or integrality at ``values`` (0 when feasible)."""
+        v = np.asarray(values, np.float64)
+        act = self.A @ v
+        parts = [
+            np.maximum(self.col_lower - v, 0), np.maximum(v - self.col_upper, 0),
+            np.maximum(self.row_lower - act, 0), np.maximum(act - self.row_upper, 0),
+            np.abs(v - np.rint(v)) * self.integrality,
+        ]
+        return float(max((p.max(initial=0.0) for p in parts), default=0.0))
+
+    # ------------------------------------------------------------------ solving
+    def solve(
+        self,
+        backend: str = "highs",
+        time_limit: float | None = None,
+        threads: int | None = None,
+        verbose: bool = False,
+        solver: str | None = None,
+        start: np.ndarray | None = None,
+        on_incumbent=None,
+    ) -> MilpSolution:
+        """Solve with ``backend`` ('highs', 'scip' or 'cvxpy'; ``solver`` picks CVXPY's solver).
+
+        ``start`` is a full column vector used as a warm start (native backends);
+        ``on_incumbent(values, objective)`` is called on every improving solution (native
+        backends) and may return True to stop the solve.
+        """
+        from ..backends import get_backend
+
+        check_time_limit(time_limit)
+        impl = get_backend(backend)
+        if self.num_cols == 0:  # everything fixed: the objective is a constant
+            return MilpSolution("optimal", np.zeros(0), self.objective_offset, self.objective_offset, 0.0, 0.0,
+                                backend)
+        if start is not None:
+            start = np.asarray(start, np.float64)
+            if start.shape != (self.num_cols,):
+                raise InvalidArgumentError(f"start: expected {self.num_cols} values, got shape {start.shape}")
+        t0 = time.perf_counter()
+        return impl.solve(self, time_limit=time_limit, threads=threads, verbose=verbose, solver=solver,
+                          start=start, on_incumbent=on_incumbent, t0=t0)
+
+    def to_highs(self):
+        """A ``highspy.Highs`` holding this model (passed in one ``passModel`` call)."""
+        from ..backends import highs
+
+        return highs.build(self)
+
+    def to_scip(self):
+        """A ``pyscipopt.Model`` holding this model; its variables are in column order."""
+        from ..backends import scip
+
+        return scip.build(self)[0]
+
+    def to_cvxpy(self):
+        """``(cvxpy.Problem, variable)``: one vector variable over all columns, in column order."""
+        from ..backends import cvxpy_backend
+
+        return cvxpy_backend.build(self)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the model as free MPS (``.mps``) or CPLEX LP (``.lp``), keeping names."""
+        from .writer import write_model
+
+        return write_model(self, path)
+
+
+def check_time_limit(time_limit) -> float | None:
+    if time_limit is None:
+        return None
+    try:
+        value = float(time_limit)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a number of seconds") from None
+    if not value > 0 or np.isnan(value):
+        raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a positive number of seconds")
+    return value

