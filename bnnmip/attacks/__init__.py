@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 from ..network import BNN
+from .iprop import iprop_attack
 from .milp import milp_attack
+from .pgd import pgd_attack
 from .result import AttackResult
 
-METHODS = {"milp": milp_attack}
+METHODS = {"milp": milp_attack, "pgd": pgd_attack, "iprop": iprop_attack}
 
 
 def attack(net: BNN, x, eps, *, method: str = "milp", target: int | None = None, time_limit: float = 60.0,
@@ -23,4 +25,4 @@ def attack(net: BNN, x, eps, *, method: str = "milp", target: int | None = None,
     return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, **options)
 
 
-__all__ = ["METHODS", "AttackResult", "attack", "milp_attack"]
+__all__ = ["METHODS", "AttackResult", "attack", "milp_attack", "pgd_attack"]

@@ -15,8 +15,9 @@ NAME = "cvxpy"
 
 # Solver options: the same closed gap as the native backends, and the time limit when given.
 _OPTIONS = {
-    "HIGHS": lambda t: {"mip_rel_gap": 1e-9, "mip_abs_gap": 1e-9, **({"time_limit": t} if t else {})},
-    "SCIP": lambda t: {"scip_params": {"limits/gap": 0.0, "limits/absgap": 1e-9, **({"limits/time": t} if t else {})}},
+    "HIGHS": lambda t, gap: {"mip_rel_gap": gap, "mip_abs_gap": 1e-9, **({"time_limit": t} if t else {})},
+    "SCIP": lambda t, gap: {"scip_params": {"limits/gap": gap, "limits/absgap": 1e-9,
+                                            **({"limits/time": t} if t else {})}},
 }
 
 
@@ -62,12 +63,13 @@ def _proved_optimal(problem: cp.Problem, solver: str) -> bool:
 
 
 def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
-          on_incumbent=None, t0: float) -> MilpSolution:
+          on_incumbent=None, t0: float, mip_gap=None) -> MilpSolution:
     solver = (solver or "HIGHS").upper()
     if solver not in cp.installed_solvers():
         raise SolverError(f"solver={solver!r}: not a CVXPY solver installed here ({cp.installed_solvers()})")
     problem, x = build(model)
-    options = _OPTIONS[solver](float(time_limit) if time_limit else None) if solver in _OPTIONS else {}
+    gap = 1e-9 if mip_gap is None else float(mip_gap)
+    options = _OPTIONS[solver](float(time_limit) if time_limit else None, gap) if solver in _OPTIONS else {}
     if time_limit and solver not in _OPTIONS:
         raise InvalidArgumentError(f"solver={solver!r}: bnnmip cannot pass a time limit to it through CVXPY")
     try:

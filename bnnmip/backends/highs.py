@@ -68,11 +68,12 @@ def build(model: MilpModel, verbose: bool = False) -> highspy.Highs:
     return h
 
 
-def configure(h: highspy.Highs, time_limit: float | None, threads: int | None, verbose: bool) -> None:
+def configure(h: highspy.Highs, time_limit: float | None, threads: int | None, verbose: bool,
+              mip_gap: float | None = None) -> None:
     h.setOptionValue("output_flag", bool(verbose))
     h.setOptionValue("time_limit", float(time_limit) if time_limit else h.getInfinity())
-    # The robust verdict reads the dual bound, so ask for a (nearly) closed gap.
-    h.setOptionValue("mip_rel_gap", 1e-9)
+    # By default ask for a closed gap; the robust verdict reads the dual bound either way.
+    h.setOptionValue("mip_rel_gap", 1e-9 if mip_gap is None else float(mip_gap))
     h.setOptionValue("mip_abs_gap", 1e-9)
     if threads:
         h.setOptionValue("threads", int(threads))
@@ -80,7 +81,7 @@ def configure(h: highspy.Highs, time_limit: float | None, threads: int | None, v
 
 def run(h: highspy.Highs, model: MilpModel, *, t0: float, start=None, on_incumbent=None) -> MilpSolution:
     """Run a configured Highs instance and read its outcome into a :class:`MilpSolution`."""
-    trace = []
+    trace, stop = [], []
 
     def improving(event):
         objective = float(event.data_out.objective_function_value)
@@ -88,17 +89,23 @@ def run(h: highspy.Highs, model: MilpModel, *, t0: float, start=None, on_incumbe
         if on_incumbent is not None:
             values = np.asarray(event.data_out.mip_solution, np.float64)
             if on_incumbent(values, objective):
-                event.interrupt()
+                stop.append(True)
+
+    def interrupt(event):  # HiGHS honours an interrupt only from its interrupt callback
+        if stop:
+            event.interrupt()
 
     if start is not None:
         solution = highspy.HighsSolution()
         solution.col_value = np.asarray(start, np.float64).tolist()
         h.setSolution(solution)
     h.cbMipImprovingSolution.subscribe(improving)
+    h.cbMipInterrupt.subscribe(interrupt)
     try:
         h.run()
     finally:
         h.cbMipImprovingSolution.unsubscribe(improving)
+        h.cbMipInterrupt.unsubscribe(interrupt)
     elapsed = time.perf_counter() - t0
     status = _STATUS.get(h.getModelStatus(), "error")
     info = h.getInfo()
@@ -118,7 +125,42 @@ def run(h: highspy.Highs, model: MilpModel, *, t0: float, start=None, on_incumbe
 
 
 def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
-          on_incumbent=None, t0: float) -> MilpSolution:
+          on_incumbent=None, t0: float, mip_gap=None) -> MilpSolution:
     h = build(model, verbose)
-    configure(h, time_limit, threads, verbose)
+    configure(h, time_limit, threads, verbose, mip_gap)
     return run(h, model, t0=t0, start=start, on_incumbent=on_incumbent)
+
+
+class Session:
+    """A Highs instance kept across solves; updates are applied in place (no rebuild)."""
+
+    def __init__(self, model: MilpModel, threads: int | None = None, mip_gap: float | None = None):
+        self.model = model
+        self.h = build(model)
+        configure(self.h, None, threads, False, mip_gap)
+        self.inf = self.h.getInfinity()
+
+    def set_col_bounds(self, cols, lower, upper) -> None:
+        cols = np.asarray(cols, np.int32)
+        if len(cols):
+            self.h.changeColsBounds(len(cols), cols, _finite(lower, self.inf), _finite(upper, self.inf))
+
+    def set_objective(self, cols, costs) -> None:
+        cols = np.asarray(cols, np.int32)
+        if len(cols):
+            self.h.changeColsCost(len(cols), cols, np.asarray(costs, np.float64))
+
+    def set_row_bounds(self, rows, lower, upper) -> None:
+        rows = np.asarray(rows, np.int32)
+        if len(rows):
+            self.h.changeRowsBounds(len(rows), rows, _finite(lower, self.inf), _finite(upper, self.inf))
+
+    def set_entries(self, rows, cols, values) -> None:
+        change = self.h.changeCoeff
+        for row, col, value in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(),
+                                   np.asarray(values, np.float64).tolist()):
+            change(row, col, value)
+
+    def solve(self, time_limit: float | None = None, start=None) -> MilpSolution:
+        self.h.setOptionValue("time_limit", float(time_limit) if time_limit else self.inf)
+        return run(self.h, self.model, t0=time.perf_counter(), start=start)

@@ -30,8 +30,8 @@ def _bound(value: float, model: pyscipopt.Model):
     return None if not np.isfinite(value) else float(value)
 
 
-def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, list]:
-    """A pyscipopt Model holding ``model`` and its variables in column order."""
+def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, list, list]:
+    """A pyscipopt Model holding ``model``, its variables and its constraints, in order."""
     scip = pyscipopt.Model(model.name)
     scip.hideOutput(not verbose)
     names = model.col_names()
@@ -43,18 +43,19 @@ def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, lis
     terms = [Term(v) for v in variables]
     A, row_names = model.A, model.rows_names()
     indptr, indices, data = A.indptr, A.indices.tolist(), A.data.tolist()
+    conss = []
     for r in range(model.num_rows):
         start, end = indptr[r], indptr[r + 1]
         expr = Expr(dict(zip((terms[i] for i in indices[start:end]), data[start:end])))
         lo, hi = model.row_lower[r], model.row_upper[r]
         cons = ExprCons(expr, lhs=float(lo) if np.isfinite(lo) else None, rhs=float(hi) if np.isfinite(hi) else None)
-        scip.addCons(cons, name=row_names[r])
+        conss.append(scip.addCons(cons, name=row_names[r]))
     nonzero = np.flatnonzero(model.objective)
     scip.setObjective(Expr({terms[i]: float(model.objective[i]) for i in nonzero}),
                       sense="maximize" if model.sense == "max" else "minimize")
     if model.objective_offset:
         scip.addObjoffset(float(model.objective_offset))
-    return scip, variables
+    return scip, variables, conss
 
 
 class _Incumbents(Eventhdlr):
@@ -80,17 +81,20 @@ class _Incumbents(Eventhdlr):
                 self.model.interruptSolve()
 
 
-def configure(scip: pyscipopt.Model, time_limit: float | None, threads: int | None, verbose: bool) -> None:
+def configure(scip: pyscipopt.Model, time_limit: float | None, threads: int | None, verbose: bool,
+              mip_gap: float | None = None) -> None:
     scip.hideOutput(not verbose)
     scip.setParam("limits/time", float(time_limit) if time_limit else 1e20)
-    scip.setParam("limits/gap", 0.0)
+    scip.setParam("limits/gap", 0.0 if mip_gap is None else float(mip_gap))
     scip.setParam("limits/absgap", 1e-9)
 
 
 def run(scip: pyscipopt.Model, variables: list, model: MilpModel, *, t0: float, start=None,
-        on_incumbent=None) -> MilpSolution:
-    handler = _Incumbents(variables, t0, on_incumbent)
-    scip.includeEventhdlr(handler, "bnnmip_incumbents", "records incumbents")
+        on_incumbent=None, handler: _Incumbents | None = None) -> MilpSolution:
+    if handler is None:
+        handler = _Incumbents(variables, t0, on_incumbent)
+        scip.includeEventhdlr(handler, "bnnmip_incumbents", "records incumbents")
+    handler.t0, handler.on_incumbent, handler.trace = t0, on_incumbent, []
     if start is not None:
         sol = scip.createSol()
         for var, value in zip(variables, np.asarray(start, np.float64).tolist()):
@@ -113,7 +117,62 @@ def run(scip: pyscipopt.Model, variables: list, model: MilpModel, *, t0: float, 
 
 
 def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
-          on_incumbent=None, t0: float) -> MilpSolution:
-    scip, variables = build(model, verbose)
-    configure(scip, time_limit, threads, verbose)
+          on_incumbent=None, t0: float, mip_gap=None) -> MilpSolution:
+    scip, variables, _ = build(model, verbose)
+    configure(scip, time_limit, threads, verbose, mip_gap)
     return run(scip, variables, model, t0=t0, start=start, on_incumbent=on_incumbent)
+
+
+def _opt(value: float):
+    return float(value) if np.isfinite(value) else None
+
+
+class Session:
+    """A SCIP model kept across solves; updates go in place after freeing the transformed problem."""
+
+    def __init__(self, model: MilpModel, threads: int | None = None, mip_gap: float | None = None):
+        self.model = model
+        self.scip, self.vars, self.conss = build(model)
+        configure(self.scip, None, threads, False, mip_gap)
+        self.objective = np.array(model.objective, np.float64)
+        self.solved = False
+        self.handler = _Incumbents(self.vars, time.perf_counter(), None)
+        self.scip.includeEventhdlr(self.handler, "bnnmip_incumbents", "records incumbents")
+
+    def _editable(self) -> None:
+        if self.solved:
+            self.scip.freeTransform()
+            self.solved = False
+
+    def set_col_bounds(self, cols, lower, upper) -> None:
+        self._editable()
+        for c, lo, hi in zip(np.asarray(cols).tolist(), np.asarray(lower).tolist(), np.asarray(upper).tolist()):
+            self.scip.chgVarLb(self.vars[c], _opt(lo))
+            self.scip.chgVarUb(self.vars[c], _opt(hi))
+
+    def set_objective(self, cols, costs) -> None:
+        self._editable()
+        self.objective[np.asarray(cols, np.int64)] = costs
+        nonzero = np.flatnonzero(self.objective)
+        self.scip.setObjective(Expr({Term(self.vars[i]): float(self.objective[i]) for i in nonzero}),
+                               sense="maximize" if self.model.sense == "max" else "minimize")
+        if self.model.objective_offset:
+            self.scip.addObjoffset(float(self.model.objective_offset))
+
+    def set_row_bounds(self, rows, lower, upper) -> None:
+        self._editable()
+        for r, lo, hi in zip(np.asarray(rows).tolist(), np.asarray(lower).tolist(), np.asarray(upper).tolist()):
+            self.scip.chgLhs(self.conss[r], _opt(lo))
+            self.scip.chgRhs(self.conss[r], _opt(hi))
+
+    def set_entries(self, rows, cols, values) -> None:
+        self._editable()
+        for r, c, v in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(),
+                           np.asarray(values, np.float64).tolist()):
+            self.scip.chgCoefLinear(self.conss[r], self.vars[c], v)
+
+    def solve(self, time_limit: float | None = None, start=None) -> MilpSolution:
+        self._editable()
+        self.scip.setParam("limits/time", float(time_limit) if time_limit else 1e20)
+        self.solved = True
+        return run(self.scip, self.vars, self.model, t0=time.perf_counter(), start=start, handler=self.handler)

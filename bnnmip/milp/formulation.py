@@ -94,12 +94,21 @@ class AttackEncoding:
 
 
 def _pixels_with_bits(enc: AttackEncoding, pixels: np.ndarray, want_on: np.ndarray) -> np.ndarray:
-    """For each pixel, the value in the box nearest to its base value whose input bit is ``want_on``."""
-    ib, box = enc.net.input_binarization, enc.box
+    return pixels_with_bits(enc.net, enc.box, enc.base, pixels, want_on, enc.margin)
+
+
+def pixels_with_bits(net: BNN, box: InputBox, base: np.ndarray, pixels: np.ndarray, want_on: np.ndarray,
+                     margin: float = 0.0) -> np.ndarray:
+    """For each pixel, the value in the box nearest to ``base`` whose input bit is ``want_on``.
+
+    The bits must be free in the box (both values reachable).  On a grid the nearest grid point
+    is chosen; continuous, a pixel that must change steps just past its threshold.
+    """
+    ib = net.input_binarization
     d, theta = ib.direction[pixels].astype(np.float64), ib.threshold[pixels]
-    base = enc.base[pixels]
+    base = base[pixels]
     if box.step is not None:
-        lo = enc.net.input_range[0]
+        lo = net.input_range[0]
         width = int((box.k_upper[pixels] - box.k_lower[pixels]).max(initial=0)) + 1
         k = box.k_lower[pixels][:, None] + np.arange(width)[None, :]
         valid = k <= box.k_upper[pixels][:, None]
@@ -107,10 +116,9 @@ def _pixels_with_bits(enc: AttackEncoding, pixels: np.ndarray, want_on: np.ndarr
         ok = valid & ((d[:, None] * values >= theta[:, None]) == want_on[:, None])
         distance = np.where(ok, np.abs(values - base[:, None]), np.inf)
         return values[np.arange(len(pixels)), np.argmin(distance, axis=1)]
-    # Continuous: stay put if the bit is already right, else step just past the threshold.
     t = theta * d  # raw threshold
     on_now = d * base >= theta
-    gap = max(enc.margin, 1e-6 * (box.upper.max() - box.lower.min() + 1))
+    gap = max(margin, 1e-6 * (box.upper.max() - box.lower.min() + 1))
     target = np.where(want_on, t, t - d * gap)
     x = np.where(on_now == want_on, base, target)
     return np.clip(x, box.lower[pixels], box.upper[pixels])
@@ -163,7 +171,7 @@ def attack_milp(
     label = int(net.predict(xf)[0]) if label is None else int(label)
     target = check_target(net, label, target)
     box = input_box(net, xf, eps, levels=levels)
-    base = _snap(net, xf, box)
+    base = snap_to_box(net, xf, box)
     layer_bounds = interval_bounds_from_box(net, box)
     if bounds == "lp":
         from .lp_bounds import tighten_bounds
@@ -172,7 +180,8 @@ def attack_milp(
     return _build(net, xf, base, float(eps), label, target, box, layer_bounds, margin, levels)
 
 
-def _snap(net: BNN, x: np.ndarray, box: InputBox) -> np.ndarray:
+def snap_to_box(net: BNN, x: np.ndarray, box: InputBox) -> np.ndarray:
+    """``x`` moved into the box (onto its nearest grid point when the box is a grid)."""
     if box.step is None:
         return np.clip(x, box.lower, box.upper)
     lo = net.input_range[0]
@@ -180,7 +189,7 @@ def _snap(net: BNN, x: np.ndarray, box: InputBox) -> np.ndarray:
     return lo + k * box.step
 
 
-class _Builder:
+class ModelBuilder:
     """Accumulates columns and COO rows, stage by stage."""
 
     def __init__(self):
@@ -223,6 +232,17 @@ class _Builder:
         self.row_names += [f"on_{name}_{j}" for j in units] + [f"off_{name}_{j}" for j in units]
         self.n_rows += 2 * m
 
+    def add_row(self, cols, values, lower: float, upper: float, name: str) -> int:
+        """One extra row; returns its index."""
+        self.rows.append(np.full(len(cols), self.n_rows))
+        self.cols.append(np.asarray(cols))
+        self.vals.append(np.asarray(values, np.float64))
+        self.row_lower.append(np.array([lower]))
+        self.row_upper.append(np.array([upper]))
+        self.row_names.append(name)
+        self.n_rows += 1
+        return self.n_rows - 1
+
     def model(self, objective, offset, stage_names, name) -> MilpModel:
         cat = lambda parts, dtype=np.float64: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
         A = sp.csr_matrix(
@@ -239,7 +259,7 @@ class _Builder:
 
 
 def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> MilpModel:
-    b = _Builder()
+    b = ModelBuilder()
     stages = net.threshold_stages
     has_ib = net.input_binarization is not None
     stage_names = (("z",) if has_ib else ()) + tuple(f"h{i}" for i in range(1, net.depth + 1))
@@ -263,10 +283,10 @@ def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> Mil
         if k == 0 and has_ib:
             continue  # input bits: free binaries, no rows (see the module docstring)
         if k == 0:
-            rows = _first_layer_rows(net, stage, bnd, units, box, base, pixel_cols, grid_pixels, margin)
+            rows = first_layer_rows(net, stage, bnd, units, box, base, pixel_cols, grid_pixels, margin)
             in_cols = np.arange(len(pixel_cols))
         else:
-            rows = _binary_layer_rows(stage, bnd, units, bounds[k - 1], stage_cols[k - 1])
+            rows = binary_layer_rows(stage, bnd, units, bounds[k - 1], stage_cols[k - 1])
             in_cols = rows.pop("in_cols")
         b.add_unit_rows(stage_names[k], units, rows["coef"], in_cols, cols[units], rows["L"], rows["U"],
                         rows["theta"], rows["delta"], rows["margin"])
@@ -278,7 +298,7 @@ def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> Mil
     return model
 
 
-def _binary_layer_rows(layer, bnd: LayerBounds, units, prev: LayerBounds, prev_cols) -> dict:
+def binary_layer_rows(layer, bnd: LayerBounds, units, prev: LayerBounds, prev_cols) -> dict:
     """Rows over the previous stage's free binaries: a = c + 2 s, exact integers."""
     free_in = np.flatnonzero(prev.fixed == 0)
     W = layer.weight[units].astype(np.float64)
@@ -297,7 +317,7 @@ def _binary_layer_rows(layer, bnd: LayerBounds, units, prev: LayerBounds, prev_c
     return {"coef": Wf, "in_cols": prev_cols[free_in], "L": L, "U": U, "theta": theta, "delta": 1.0, "margin": 0.0}
 
 
-def _first_layer_rows(net, layer, bnd, units, box, base, pixel_cols, grid_pixels, margin) -> dict:
+def first_layer_rows(net, layer, bnd, units, box, base, pixel_cols, grid_pixels, margin) -> dict:
     """Rows of a real-valued first layer over the pixel variables (grid steps or values)."""
     W = layer.weight[units].astype(np.float64)
     fixed = np.ones(W.shape[1], bool)

@@ -164,12 +164,14 @@ class MilpModel:
         solver: str | None = None,
         start: np.ndarray | None = None,
         on_incumbent=None,
+        mip_gap: float | None = None,
     ) -> MilpSolution:
         """Solve with ``backend`` ('highs', 'scip' or 'cvxpy'; ``solver`` picks CVXPY's solver).
 
         ``start`` is a full column vector used as a warm start (native backends);
         ``on_incumbent(values, objective)`` is called on every improving solution (native
-        backends) and may return True to stop the solve.
+        backends) and may return True to stop the solve.  ``mip_gap`` (default: closed, 1e-9)
+        is the relative gap at which the solver may stop and call the solution optimal.
         """
         from ..backends import get_backend
 
@@ -184,7 +186,7 @@ class MilpModel:
                 raise InvalidArgumentError(f"start: expected {self.num_cols} values, got shape {start.shape}")
         t0 = time.perf_counter()
         return impl.solve(self, time_limit=time_limit, threads=threads, verbose=verbose, solver=solver,
-                          start=start, on_incumbent=on_incumbent, t0=t0)
+                          start=start, on_incumbent=on_incumbent, t0=t0, mip_gap=mip_gap)
 
     def to_highs(self):
         """A ``highspy.Highs`` holding this model (passed in one ``passModel`` call)."""
