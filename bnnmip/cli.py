@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=".npz with images (n, 784) uint8 and labels (default: the model's shipped slice)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.set_defaults(func=cmd_predict)
+
+    from .bench.cli import register
+
+    register(sub)
     return parser
 
 

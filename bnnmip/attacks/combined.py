@@ -1,0 +1,66 @@
+"""Attacks chained within one time budget: IProp warm-started by PGD, and the recommended 'best'.
+
+Each stage starts from the best input the previous one found (``details['x_best']``); the
+anytime traces are joined on one clock, and the result is the last stage's verdict unless an
+earlier stage already flipped the prediction.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..bounds import check_input
+from ..milp.model import check_time_limit
+from ..network import BNN
+from .iprop import iprop_attack
+from .milp import milp_attack
+from .pgd import pgd_attack
+from .result import AttackResult
+
+PGD_SHARE = 0.2  # of the budget for PGD before IProp (the paper's warm start)
+
+
+def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str) -> AttackResult:
+    t0 = time.perf_counter()
+    time_limit = check_time_limit(time_limit)
+    xf = check_input(net, x)
+    start, trace, best, details = None, [], None, {}
+    for share, attack_fn, options in stages:
+        remaining = time_limit - (time.perf_counter() - t0)
+        if remaining <= 0.05:
+            break
+        budget = remaining if share is None else min(remaining, share * time_limit)
+        offset = time.perf_counter() - t0
+        kwargs = dict(options, **({"start": start} if start is not None else {}))
+        result = attack_fn(net, xf, eps, target=target, time_limit=budget, backend=backend, **kwargs)
+        trace += [(offset + t, f) for t, f in result.trace if not trace or f > trace[-1][1]]
+        details[result.method] = {k: v for k, v in result.details.items() if k != "x_best"}
+        start, best = result.details.get("x_best", start), result
+        if result.status in ("adversarial", "robust"):
+            break
+    best.method, best.backend, best.trace, best.time = method, backend, trace, time.perf_counter() - t0
+    best.details = {**details, "x_best": start}
+    return best
+
+
+def iprop_pgd_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0,
+                     backend: str = "highs", levels: int | None = None, pgd_share: float = PGD_SHARE, seed: int = 0,
+                     **iprop_options) -> AttackResult:
+    """PGD for ``pgd_share`` of the budget, then IProp from PGD's best input (the paper's warm start)."""
+    common = {"levels": levels, "seed": seed}
+    stages = [(pgd_share, pgd_attack, common), (None, iprop_attack, {**common, **iprop_options})]
+    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend)
+
+
+def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0, backend: str = "highs",
+                levels: int | None = None, seed: int = 0) -> AttackResult:
+    """The recommended default: PGD, then IProp from its best input, then the exact MILP
+    warm-started with IProp's best input for the rest of the budget (which may also prove
+    the input robust)."""
+    common = {"levels": levels}
+    stages = [
+        (0.1, pgd_attack, {**common, "seed": seed}),
+        (0.6, iprop_attack, {**common, "seed": seed}),
+        (None, milp_attack, common),
+    ]
+    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend)

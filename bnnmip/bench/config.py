@@ -1,0 +1,419 @@
+"""Benchmark configurations: a TOML file → a validated, frozen :class:`BenchConfig`.
+
+A configuration names what to run; :func:`bnnmip.bench.jobs.expand` turns it into jobs (the cross
+product models × images × ε × methods × backends × targets).  Example::
+
+    name = "smoke"                 # default: the file's stem
+    time_limit = 10.0              # seconds per job
+    threads = 1                    # solver threads per job
+    levels = 255                   # input grid (8-bit images)
+    eps_levels = [2, 5]            # ε = k / levels ... or: eps = [0.01, 0.02]
+    methods = ["milp", "pgd"]      # keys of bnnmip.attacks.METHODS
+    backends = ["highs"]           # for the methods that solve MILPs (pgd gets one job)
+    # targets = [3]                # default: untargeted
+    # manifest = "models/manifest.json"   (the default; for dataset/arch selectors)
+    # db = "../results/smoke.sqlite"      (relative to this file; `--db` overrides)
+
+    [images]                       # for every model: one of
+    first_correct = 5              # the first 5 images the model classifies correctly
+    # first = 100                  # the correctly classified ones among the first 100
+    # indices = [0, 7, 12]         # exactly these (misclassified ones included)
+
+    [[models]]
+    file = "models/fmnist_2x100.onnx"    # data: the manifest slice beside it, or `data = "..."`
+
+    [[models]]
+    dataset = "mnist"              # through the manifest; `arch` omitted = every architecture
+    arch = ["2x100", "3x100"]
+    images = { first = 1000 }      # per-model override of [images]
+
+    [options.milp]                 # extra keyword options of one method
+    stop_at_flip = true
+
+Relative paths are looked up next to the configuration file first, then at the repository root
+(the closest folder above it holding ``pyproject.toml`` or ``.git``).  Every mistake raises
+:class:`~bnnmip.InvalidArgumentError` naming the key at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BnnmipError, InvalidArgumentError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Methods that never call a MILP solver: one job each, whatever ``backends`` says.
+SOLVER_FREE_METHODS = frozenset({"pgd"})
+
+_TOP_KEYS = {"name", "time_limit", "threads", "levels", "eps", "eps_levels", "methods", "backends", "targets",
+             "manifest", "db", "images", "models", "options"}
+_MODEL_KEYS = {"file", "dataset", "arch", "data", "images"}
+_IMAGE_KEYS = {"first_correct", "first", "indices"}
+_ARCH_RE = re.compile(r"^(?P<dataset>.+)_(?P<arch>\d+x\d+)$")
+
+
+@dataclass(frozen=True)
+class ImageSelection:
+    """Which images of a data slice to attack: exactly one field is set.
+
+    ``first_correct``: the first N images the model classifies correctly; ``first``: the correctly
+    classified images among the first N; ``indices``: exactly these images.
+    """
+
+    first_correct: int | None = None
+    first: int | None = None
+    indices: tuple[int, ...] | None = None
+
+    def select(self, labels, preds) -> list[int]:
+        """Indices into the slice, given its true ``labels`` and the model's ``preds``."""
+        n = len(labels)
+        if self.indices is not None:
+            bad = [i for i in self.indices if i >= n]
+            if bad:
+                raise InvalidArgumentError(f"images.indices: {bad} out of range for a slice of {n} images")
+            return list(self.indices)
+        correct = [i for i in range(n) if labels[i] == preds[i]]
+        if self.first is not None:
+            return [i for i in correct if i < self.first]
+        return correct[: self.first_correct]
+
+    def describe(self) -> str:
+        if self.indices is not None:
+            return f"indices {list(self.indices)}"
+        if self.first is not None:
+            return f"correctly classified among the first {self.first}"
+        return f"first {self.first_correct} correctly classified"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a benchmark: its ONNX file, its data slice and how to pick images."""
+
+    path: Path
+    data: Path
+    dataset: str
+    arch: str
+    images: ImageSelection
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A validated benchmark configuration (see the module docstring for the TOML keys)."""
+
+    name: str
+    models: tuple[ModelSpec, ...]
+    eps: tuple[float, ...]
+    methods: tuple[str, ...]
+    backends: tuple[str, ...] = ("highs",)
+    targets: tuple[int | None, ...] = (None,)
+    time_limit: float = 60.0
+    threads: int = 1
+    levels: int = 255
+    options: tuple[tuple[str, str], ...] = ()  # (method, canonical JSON of its keyword options)
+    db: Path | None = None
+    source: Path | None = None
+
+    def method_options(self, method: str) -> str:
+        """Canonical JSON of ``method``'s extra keyword options ('{}' if none)."""
+        return dict(self.options).get(method, "{}")
+
+    def backends_for(self, method: str) -> tuple[str | None, ...]:
+        """The backends ``method`` runs with: all configured ones, or (None,) for solver-free methods."""
+        return (None,) if method in SOLVER_FREE_METHODS else self.backends
+
+
+def load_config(path: str | os.PathLike) -> BenchConfig:
+    """Read and validate a benchmark configuration file (TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"config {path}: no such file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgumentError(f"config {path}: not valid TOML ({e})") from e
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping, source: str | os.PathLike) -> BenchConfig:
+    """Validate the TOML table ``data`` of the configuration file ``source`` (paths resolve from it)."""
+    source = Path(source).resolve()
+    try:
+        return _Parser(data, source).config()
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"config {source.name}: {e}") from None
+
+
+class _Parser:
+    def __init__(self, data: Mapping, source: Path):
+        self.data = data
+        self.source = source
+        self.roots = [source.parent] + [r for r in [repository_root(source.parent)] if r and r != source.parent]
+
+    def config(self) -> BenchConfig:
+        d = self.data
+        _check_keys(d, _TOP_KEYS, "")
+        levels = _positive_int(d.get("levels", 255), "levels")
+        methods = self.methods()
+        backends = _str_list(d.get("backends", ["highs"]), "backends")
+        if any(m not in SOLVER_FREE_METHODS for m in methods):
+            _check_backends(backends)
+        images = _images(d.get("images"), "images")
+        return BenchConfig(
+            name=_string(d.get("name", self.source.stem), "name"),
+            models=self.models(images),
+            eps=_eps(d, levels),
+            methods=methods,
+            backends=backends,
+            targets=_targets(d.get("targets")),
+            time_limit=_positive_float(d.get("time_limit", 60.0), "time_limit"),
+            threads=_positive_int(d.get("threads", 1), "threads"),
+            levels=levels,
+            options=self.options(methods),
+            db=(self.source.parent / _string(d["db"], "db")).resolve() if "db" in d else None,
+            source=self.source,
+        )
+
+    def methods(self) -> tuple[str, ...]:
+        from ..attacks import METHODS
+
+        if "methods" not in self.data:
+            raise InvalidArgumentError("methods: missing (a list of attack methods)")
+        methods = _str_list(self.data["methods"], "methods")
+        for i, m in enumerate(methods):
+            if m not in METHODS:
+                raise InvalidArgumentError(f"methods[{i}]={m!r}: unknown method; expected one of {sorted(METHODS)}")
+        return methods
+
+    def options(self, methods: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        table = self.data.get("options", {})
+        if not isinstance(table, Mapping):
+            raise InvalidArgumentError("options: expected a table of per-method tables ([options.milp])")
+        out = []
+        for method, opts in table.items():
+            if method not in methods:
+                raise InvalidArgumentError(f"options.{method}: not one of this config's methods {list(methods)}")
+            if not isinstance(opts, Mapping):
+                raise InvalidArgumentError(f"options.{method}: expected a table of keyword options")
+            reserved = {"target", "time_limit", "backend", "threads", "method"} & set(opts)
+            if reserved:
+                raise InvalidArgumentError(f"options.{method}: {sorted(reserved)} are set by the runner, not here")
+            try:
+                out.append((method, json.dumps(dict(opts), sort_keys=True, separators=(",", ":"))))
+            except TypeError as e:
+                raise InvalidArgumentError(f"options.{method}: values must be numbers, strings, booleans or "
+                                           f"lists/tables of them ({e})") from None
+        return tuple(sorted(out))
+
+    def resolve(self, value, key: str, *, must_exist: bool = True) -> Path:
+        """A path from the config: absolute, or relative to the config file or the repository root."""
+        rel = Path(_string(value, key)).expanduser()
+        candidates = [rel] if rel.is_absolute() else [root / rel for root in self.roots]
+        for c in candidates:
+            if c.exists() or not must_exist:
+                return c.resolve()
+        raise InvalidArgumentError(f"{key}={str(rel)!r}: no such file (looked in {', '.join(map(str, candidates))})")
+
+    def models(self, default_images: ImageSelection | None) -> tuple[ModelSpec, ...]:
+        entries = self.data.get("models")
+        if not isinstance(entries, list) or not entries:
+            raise InvalidArgumentError("models: missing (a list of [[models]] tables with file= or dataset=/arch=)")
+        specs: list[ModelSpec] = []
+        for i, entry in enumerate(entries):
+            key = f"models[{i}]"
+            if not isinstance(entry, Mapping):
+                raise InvalidArgumentError(f"{key}: expected a table with file= or dataset=/arch=")
+            _check_keys(entry, _MODEL_KEYS, key + ".")
+            images = _images(entry.get("images"), key + ".images") or default_images
+            if images is None:
+                raise InvalidArgumentError(f"{key}.images: missing (set [images] or images = {{...}} per model)")
+            if "file" in entry:
+                specs.append(self.file_model(entry, key, images))
+            else:
+                specs.extend(self.manifest_models(entry, key, images))
+        return tuple(specs)
+
+    def file_model(self, entry: Mapping, key: str, images: ImageSelection) -> ModelSpec:
+        path = self.resolve(entry["file"], key + ".file")
+        if not path.is_file():
+            raise InvalidArgumentError(f"{key}.file={str(entry['file'])!r}: not a file")
+        info = _manifest_entry(path)
+        stem = _ARCH_RE.match(path.stem)
+        dataset = entry.get("dataset", info.get("dataset") or (stem["dataset"] if stem else path.stem))
+        arch = entry.get("arch", info.get("arch") or (stem["arch"] if stem else "?"))
+        if "data" in entry:
+            data = self.resolve(entry["data"], key + ".data")
+        elif info.get("slice") and (path.parent / info["slice"]).is_file():
+            data = path.parent / info["slice"]
+        else:
+            raise InvalidArgumentError(f"{key}.data: missing, and no manifest.json slice next to {path.name}")
+        return ModelSpec(path, data, _string(dataset, key + ".dataset"), _string(arch, key + ".arch"), images)
+
+    def manifest_models(self, entry: Mapping, key: str, images: ImageSelection) -> list[ModelSpec]:
+        if "dataset" not in entry:
+            raise InvalidArgumentError(f"{key}: give file= or dataset= (with optional arch=)")
+        manifest = self.resolve(self.data.get("manifest", "models/manifest.json"), "manifest")
+        listed = _read_manifest(manifest)
+        datasets = _str_list(entry["dataset"], key + ".dataset")
+        archs = _str_list(entry["arch"], key + ".arch") if "arch" in entry else None
+        specs = []
+        for ds in datasets:
+            available = [e for e in listed if e.get("dataset") == ds]
+            if not available:
+                raise InvalidArgumentError(f"{key}.dataset={ds!r}: no model of that dataset in {manifest}")
+            by_arch = {e.get("arch"): e for e in available}
+            for arch in archs or [e.get("arch") for e in available]:
+                if arch not in by_arch:
+                    raise InvalidArgumentError(f"{key}.arch={arch!r}: no {ds} model of that architecture in {manifest} "
+                                               f"(has {sorted(by_arch)})")
+                e = by_arch[arch]
+                path = manifest.parent / str(e.get("file"))
+                if not path.is_file():
+                    raise InvalidArgumentError(f"{key}: model file {path} listed in {manifest.name} does not exist")
+                if "data" in entry:
+                    data = self.resolve(entry["data"], key + ".data")
+                elif e.get("slice") and (manifest.parent / e["slice"]).is_file():
+                    data = manifest.parent / e["slice"]
+                else:
+                    raise InvalidArgumentError(f"{key}.data: missing, and {manifest.name} names no existing slice "
+                                               f"for {path.name}")
+                specs.append(ModelSpec(path.resolve(), data.resolve(), ds, str(arch), images))
+        return specs
+
+
+def repository_root(start: Path) -> Path | None:
+    """The closest folder at or above ``start`` that holds ``pyproject.toml`` or ``.git``."""
+    for folder in [start, *start.parents]:
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    return None
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    try:
+        entries = json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidArgumentError(f"manifest {path}: not a manifest.json with a 'models' list ({e})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidArgumentError(f"manifest {path}: 'models' is not a list of tables")
+    return entries
+
+
+def _manifest_entry(model: Path) -> dict:
+    """The entry of ``model`` in the ``manifest.json`` beside it, or {} if none."""
+    manifest = model.parent / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        entries = _read_manifest(manifest)
+    except BnnmipError:
+        return {}
+    return next((e for e in entries if e.get("file") == model.name), {})
+
+
+def _check_keys(table: Mapping, allowed: set[str], prefix: str) -> None:
+    for k in table:
+        if k not in allowed:
+            raise InvalidArgumentError(f"{prefix}{k}: unknown key; expected one of {sorted(allowed)}")
+
+
+def _check_backends(backends: tuple[str, ...]) -> None:
+    from ..backends import BACKENDS, get_backend
+
+    if not backends:
+        raise InvalidArgumentError("backends: empty; the solver methods need at least one backend")
+    for i, b in enumerate(backends):
+        if b not in BACKENDS:
+            raise InvalidArgumentError(f"backends[{i}]={b!r}: unknown backend; expected one of {sorted(BACKENDS)}")
+        try:
+            get_backend(b)
+        except BnnmipError as e:
+            raise InvalidArgumentError(f"backends[{i}]={b!r}: {e}") from None
+
+
+def _string(value, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{key}={value!r}: expected a non-empty string")
+    return value
+
+
+def _str_list(value, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InvalidArgumentError(f"{key}={value!r}: expected a non-empty list of strings")
+    return tuple(_string(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_float(value, key: str) -> float:
+    if not _is_number(value) or value <= 0:
+        raise InvalidArgumentError(f"{key}={value!r}: expected a positive number")
+    return float(value)
+
+
+def _positive_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{key}={value!r}: expected a positive integer")
+    return value
+
+
+def _eps(d: Mapping, levels: int) -> tuple[float, ...]:
+    if ("eps" in d) == ("eps_levels" in d):
+        raise InvalidArgumentError("eps: give exactly one of eps = [...] (radii) or eps_levels = [...] (pixel levels)")
+    key = "eps" if "eps" in d else "eps_levels"
+    values = d[key] if isinstance(d[key], list) else [d[key]]
+    if not values:
+        raise InvalidArgumentError(f"{key}: empty list")
+    out = []
+    for i, v in enumerate(values):
+        if not _is_number(v) or v <= 0:
+            raise InvalidArgumentError(f"{key}[{i}]={v!r}: expected a positive number")
+        eps = float(v) / levels if key == "eps_levels" else float(v)
+        if eps > 1:
+            raise InvalidArgumentError(f"{key}[{i}]={v!r}: ε = {eps:g} exceeds the input range [0, 1]")
+        out.append(eps)
+    return tuple(dict.fromkeys(out))
+
+
+def _targets(value) -> tuple[int | None, ...]:
+    if value is None:
+        return (None,)
+    if not isinstance(value, list) or not value:
+        raise InvalidArgumentError(f"targets={value!r}: expected a non-empty list of class indices")
+    for i, t in enumerate(value):
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise InvalidArgumentError(f"targets[{i}]={t!r}: expected a class index (integer >= 0)")
+    return tuple(dict.fromkeys(value))
+
+
+def _images(value, key: str) -> ImageSelection | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"{key}: expected a table with one of {sorted(_IMAGE_KEYS)}")
+    _check_keys(value, _IMAGE_KEYS, key + ".")
+    if len(value) != 1:
+        raise InvalidArgumentError(f"{key}: give exactly one of {sorted(_IMAGE_KEYS)}")
+    (kind, v), = value.items()
+    if kind == "indices":
+        if not isinstance(v, list) or not v:
+            raise InvalidArgumentError(f"{key}.indices={v!r}: expected a non-empty list of image indices")
+        for i, idx in enumerate(v):
+            if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+                raise InvalidArgumentError(f"{key}.indices[{i}]={idx!r}: expected an image index (integer >= 0)")
+        return ImageSelection(indices=tuple(dict.fromkeys(v)))
+    return ImageSelection(**{kind: _positive_int(v, f"{key}.{kind}")})
