@@ -1,0 +1,93 @@
+"""The shipped model zoo: every model in ``models/manifest.json`` against onnxruntime, its
+accuracies, checksum and size."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bnnmip
+from bnnmip.io.datasets import FASHION_MNIST_DIR, load_fashion_mnist, load_npz
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MANIFEST = json.loads((MODELS / "manifest.json").read_text())["models"]
+ARCHS = ("2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100")
+
+
+def test_manifest_lists_the_zoo():
+    names = sorted(entry["file"] for entry in MANIFEST)
+    assert names == sorted(f"{ds}_{arch}.onnx" for ds in ("fmnist", "mnist") for arch in ARCHS)
+    for entry in MANIFEST:
+        assert entry["input_range"] == [0.0, 1.0]
+        assert entry["arch"] == f"{entry['depth']}x{entry['width']}"
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """Each model loaded once (lazily), with its slice."""
+    cache = {}
+
+    def get(entry):
+        if entry["file"] not in cache:
+            cache[entry["file"]] = (bnnmip.load_onnx(MODELS / entry["file"]), load_npz(MODELS / entry["slice"]))
+        return cache[entry["file"]]
+
+    return get
+
+
+def _ids(entry):
+    return entry["file"].removesuffix(".onnx")
+
+
+def _assert_parity(net, X, what: str):
+    check = bnnmip.check_onnx(net, None, X)
+    assert check.agree == len(X) and len(check.mismatches) == 0, f"{what}: {check}"
+    assert len(check.ties) == 0, f"{what}: {check}"  # Where(>=) binarization: no Sign(0)
+    assert check.max_logit_error <= 1e-4, f"{what}: {check}"
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=_ids)
+def test_file_checksum_and_size(entry):
+    data = (MODELS / entry["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert len(data) <= 1.5e6
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=_ids)
+def test_parity_with_onnxruntime(zoo, entry):
+    net, data = zoo(entry)
+    assert net.widths == [entry["width"]] * entry["depth"] and net.n_classes == 10
+    seed = MANIFEST.index(entry)
+    rng = np.random.default_rng(seed)
+    _assert_parity(net, data.inputs(), "shipped slice")
+    _assert_parity(net, rng.random((10_000, 784)), "10,000 uniform inputs")
+    _assert_parity(net, rng.integers(0, 256, (1000, 784)) / 255.0, "1,000 inputs on the 8-bit grid")
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=_ids)
+def test_accuracy(zoo, entry):
+    net, data = zoo(entry)
+    correct = int(np.sum(net.predict(data.inputs()) == data.labels))
+    assert correct == round(entry["slice_accuracy"] * len(data)), f"{correct}/{len(data)}"
+    assert entry["test_accuracy"] >= (0.80 if entry["dataset"] == "fmnist" else 0.90)
+    if entry["dataset"] == "mnist":  # the held-out digits are the slice
+        assert entry["test_accuracy"] == entry["slice_accuracy"] and len(data) == 1000
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
+                    reason=f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR} "
+                           "(apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.parametrize("arch", ["2x100", "5x100"])
+def test_full_fashion_mnist_accuracy(arch):
+    entry = next(e for e in MANIFEST if e["file"] == f"fmnist_{arch}.onnx")
+    test = load_fashion_mnist("test")
+    assert len(test) == 10_000
+    net = bnnmip.load_onnx(MODELS / entry["file"])
+    # The manifest measured onnxruntime on float32 images / 255, so feed the same float32 values.
+    X = test.images.astype(np.float32) / np.float32(255)
+    correct = int(np.sum(net.predict(X) == test.labels))
+    assert correct == round(entry["test_accuracy"] * 10_000)
