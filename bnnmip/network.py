@@ -22,12 +22,13 @@ neuron (:math:`\gamma = 0`) has a threshold no pre-activation can miss (or reach
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .errors import InvalidArgumentError
 
 _U32 = 2.0**-24  # unit roundoff of float32
 CHUNK_ROWS = 512  # rows per task of the fast path (measured: 256 to 2048 are within a few %)
+_BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread anyway
 
 
 # ---------------------------------------------------------------------- threads and buffers
@@ -82,6 +84,11 @@ def single_threaded_blas():
                 _blas_state["limiter"] = None
 
 
+def _blas_limit(n_rows: int):
+    """:func:`single_threaded_blas` for batches big enough for BLAS to use threads, else nothing."""
+    return single_threaded_blas() if n_rows >= _BLAS_THREADED_ROWS else nullcontext()
+
+
 def _pool() -> ThreadPoolExecutor:
     # A pool inherited through fork() has no threads behind it: make a new one in the child.
     if _pool_state["pool"] is None or _pool_state["pid"] != os.getpid():
@@ -97,6 +104,9 @@ def _run_chunks(work, n_rows: int) -> None:
     machine a helper that is slow to wake up finds the chunks done, rather than being waited for.
     """
     n_chunks = -(-n_rows // CHUNK_ROWS)
+    if n_chunks == 1:
+        work(0)
+        return
     helpers = min(n_threads(), n_chunks) - 1
     next_chunk = itertools.count().__next__  # atomic under the GIL
 
@@ -123,10 +133,17 @@ def _unit_signs(a: np.ndarray) -> np.ndarray:
 
 def row_abs_sum(x: np.ndarray) -> np.ndarray:
     """``sum_i |x_i|`` of every row of a float32 batch, in float32 (one BLAS pass when ``x >= 0``)."""
-    ones = np.ones(x.shape[1], np.float32)
+    ones = _ones(x.shape[1])
     if x.min(initial=0.0) >= 0:
         return x @ ones
     return np.abs(x, out=_buffer(3, x.shape, np.float32)) @ ones
+
+
+@lru_cache(maxsize=64)
+def _ones(n: int) -> np.ndarray:
+    ones = np.ones(n, np.float32)
+    ones.flags.writeable = False
+    return ones
 
 
 def _check_finite(X: np.ndarray, name: str) -> None:
@@ -242,18 +259,30 @@ class Layer:
         for the rounding of the float32 row sum); :math:`\theta` itself is rounded to float32
         within :math:`8u(|\theta| + 1)`.  A unit is near when its margin is within the sum of both.
         """
-        n = self.fan_in + 2
-        row_tol = abs_sum * np.float32(n * _U32 * self._max_abs_weight / (1 - 2 * n * _U32))
-        overflow = ~np.isfinite(row_tol)  # an input beyond float32's range: recompute the whole row
-        row_tol[overflow] = 0
+        row_tol = abs_sum * self._row_gamma
+        largest = row_tol.max(initial=0)
+        overflow = None
+        if not np.isfinite(largest):  # an input beyond float32's range: recompute those rows whole
+            overflow = ~np.isfinite(row_tol)
+            row_tol[overflow] = 0
+            largest = row_tol.max(initial=0)
         # One coarse test with the chunk's largest tolerance, then the exact one on the few candidates.
         dist = np.abs(margin, out=_buffer(4, margin.shape, np.float32))
-        coarse = np.less_equal(dist, row_tol.max(initial=0) + self._threshold_tol_max,
-                               out=_buffer(5, margin.shape, np.bool_))
-        coarse[overflow] = True
+        coarse = np.less_equal(dist, largest + self._threshold_tol_max, out=_buffer(5, margin.shape, np.bool_))
+        if overflow is not None:
+            coarse[overflow] = True
         rows, cols = np.divmod(np.flatnonzero(coarse.ravel()), margin.shape[1])
-        keep = overflow[rows] | (dist[rows, cols] - row_tol[rows] <= self._threshold_tol[cols])
-        return rows[keep], cols[keep]
+        if len(rows):
+            keep = dist[rows, cols] - row_tol[rows] <= self._threshold_tol[cols]
+            if overflow is not None:
+                keep |= overflow[rows]
+            rows, cols = rows[keep], cols[keep]
+        return rows, cols
+
+    @cached_property
+    def _row_gamma(self) -> np.float32:
+        n = self.fan_in + 2
+        return np.float32(n * _U32 * self._max_abs_weight / (1 - 2 * n * _U32))
 
     @cached_property
     def _threshold_tol_max(self) -> np.float32:
@@ -338,7 +367,7 @@ class BNN:
 
     @property
     def n_inputs(self) -> int:
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
     @property
     def n_classes(self) -> int:
@@ -394,7 +423,7 @@ class BNN:
         """
         inp = self.as_batch(X)
         pre, post = [], []
-        with single_threaded_blas():
+        with _blas_limit(len(inp)):
             for stage in self.threshold_stages:
                 a = stage.pre_activation(inp)
                 inp = np.where(a >= stage.threshold, np.int8(1), np.int8(-1))
@@ -416,7 +445,7 @@ class BNN:
         # NaN and inf are caught chunk by chunk (from the row sums), not in a pass of their own.
         X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
         out = np.empty((len(X), self.n_classes))
-        with single_threaded_blas():
+        with _blas_limit(len(X)):
             _run_chunks(lambda start: self._logits_chunk(X, out, start), len(X))
         return out
 
