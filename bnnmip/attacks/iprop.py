@@ -39,65 +39,137 @@ from ..milp.session import open_session
 from ..network import BNN
 from .result import AttackResult, Tracker
 
-_STEPS = (1, 2, 3, 5, 8, 13, 21, 34)
-_TARGET_WEIGHT = 1.0
-_ROUNDING_SIGMAS = 3.0
+_STEPS = (1, 2, 3, 5, 8, 13, 21, 34)  # the step size S: ±1 input changes, or grid steps per pixel
+_PATIENCE = 32  # failed proposals before a restart
+_ROUNDING_SIGMAS = 3.0  # pixel rows keep this many standard deviations of the grid-rounding error
 
 
-@dataclass
-class _Problem:
-    """One layer-local MILP: free inputs of a stage -> all units of the stage, kept in a session.
+@dataclass(frozen=True, eq=False)
+class _LayerData:
+    """What a layer-local problem needs, fixed for one attack: unit ``j`` of stage ``k`` has
+    ``s_j = coef[j] @ v`` over the input columns ``v`` (free ±1 inputs as 0/1, or pixels as grid
+    steps / values), is on iff ``s_j >= theta_j`` (+ ``margin``) and off iff ``s_j <= theta_j - delta``."""
 
-    Unit ``j`` has ``s_j = coef[j] @ inputs`` and the exact rows of the attack MILP.  Before each
-    solve, only the *movable* inputs keep their range (the others are fixed where they are), and a
-    unit is *active* (rows on, binary free) only if it has a weight and the movable inputs can
-    carry it across its threshold.  The big-M coefficients are rewritten from the range the
-    movable inputs (and, for ±1 inputs, the change budget ``S``) allow, so the relaxation stays
-    tight: M of order S instead of the fan-in.
-    """
-
-    session: object
+    k: int
+    kind: str  # "binary" (inputs are ±1 units) or "pixels"
     inputs: np.ndarray  # index (bit, unit or pixel) of each input column
-    in_lower: np.ndarray  # column bounds of the inputs (bits: 0/1; pixels: grid steps or values)
+    in_lower: np.ndarray
     in_upper: np.ndarray
     coef: np.ndarray  # (m, n_inputs)
     theta: np.ndarray
     delta: float
     margin: float
-    unit_cols: np.ndarray
-    on_row: np.ndarray
-    off_row: np.ndarray
-    box_fixed: np.ndarray  # units the box fixes (never active)
-    budget_row: int | None
-    grid: bool
-    kind: str  # "binary" (inputs are ±1 units) or "pixels"
-    pixel_step: float = 1.0  # one grid step in the pixel columns' units
-    budget_coef: np.ndarray | None = None
+    box_fixed: np.ndarray  # units the box fixes
+    grid: bool  # input columns take integer values
+    pixel_step: float  # one grid step in the pixel columns' units
 
-    def solve(self, inp: np.ndarray, h: np.ndarray, weights: np.ndarray, desired: np.ndarray, S: int,
-              time_limit: float, movable: np.ndarray, hard: np.ndarray | None = None) -> np.ndarray | None:
-        """New values of the input columns, or None if there is nothing to solve or no solution.
+    def ranges(self, inp: np.ndarray, S: int, movable: np.ndarray | None = None):
+        """(input lower, input upper, L, U): the range of every unit's ``s`` when the movable
+        inputs (default all) go anywhere in their bounds, within the step ``S``: at most S of the
+        ±1 inputs change, or each pixel moves at most S grid steps (a trust region)."""
+        lo = self.in_lower if movable is None else np.where(movable, self.in_lower, inp)
+        hi = self.in_upper if movable is None else np.where(movable, self.in_upper, inp)
+        if self.kind == "pixels":
+            lo, hi = np.maximum(lo, inp - S * self.pixel_step), np.minimum(hi, inp + S * self.pixel_step)
+        s0 = self.coef @ inp
+        pos, neg = np.maximum(self.coef, 0), np.minimum(self.coef, 0)
+        L = s0 + pos @ (lo - inp) + neg @ (hi - inp)
+        U = s0 + pos @ (hi - inp) + neg @ (lo - inp)
+        if self.kind == "binary":
+            L, U = np.maximum(L, s0 - S), np.minimum(U, s0 + S)
+        return lo, hi, L, U
 
-        Units with a weight are soft (the objective rewards ending at ``desired``); ``hard`` units
-        must keep their current value (rows without a free binary: plain linear constraints).
-        """
-        lo, hi, L, U = self.ranges(inp, S, movable)
-        reachable = (U >= self.theta + self.margin) & (L <= self.theta - self.delta) & ~self.box_fixed
+    def reachable(self, L: np.ndarray, U: np.ndarray) -> np.ndarray:
+        return (U >= self.theta + self.margin) & (L <= self.theta - self.delta) & ~self.box_fixed
+
+    def flippable(self, inp: np.ndarray, h: np.ndarray, S: int) -> np.ndarray:
+        """Units the inputs can flip, one at a time, from the current point."""
+        _, _, L, U = self.ranges(inp, S)
+        return np.where(h > 0, L <= self.theta - self.delta, U >= self.theta + self.margin) & ~self.box_fixed
+
+
+def _layer_data(net: BNN, k: int, box, bounds: list[LayerBounds], base: np.ndarray, margin: float) -> _LayerData:
+    stage = net.threshold_stages[k]
+    units = np.arange(len(stage.threshold))
+    if k == 0:  # a real-valued first layer over the pixels
+        pixels = np.flatnonzero(box.upper > box.lower)
+        grid = box.step is not None and stage.binary_weights
+        if grid:
+            lower, upper = box.k_lower[pixels].astype(np.float64), box.k_upper[pixels].astype(np.float64)
+        else:
+            lower, upper = box.lower[pixels], box.upper[pixels]
+        rows = first_layer_rows(net, stage, bounds[0], units, box, base, pixels, grid, margin)
+        if grid:  # pixels are solved continuous and rounded: keep a margin of a few rounding errors
+            slack = _ROUNDING_SIGMAS * 0.5 * np.sqrt(len(pixels) / 3.0)
+            rows["margin"], rows["delta"] = slack, rows["delta"] + slack
+        step = 1.0 if grid else (net.input_range[1] - net.input_range[0]) / 255
+        return _LayerData(k, "pixels", pixels, lower, upper, np.asarray(rows["coef"], np.float64),
+                          np.asarray(rows["theta"], np.float64), float(rows["delta"]), float(rows["margin"]),
+                          bounds[k].fixed != 0, grid, step)
+    prev = bounds[k - 1]
+    inputs = np.flatnonzero(prev.fixed == 0)
+    cols = np.full(len(prev.fixed), -1)
+    cols[inputs] = np.arange(len(inputs))
+    rows = binary_layer_rows(stage, bounds[k], units, prev, cols)
+    return _LayerData(k, "binary", inputs, np.zeros(len(inputs)), np.ones(len(inputs)),
+                      np.asarray(rows["coef"], np.float64), np.asarray(rows["theta"], np.float64),
+                      float(rows["delta"]), 0.0, bounds[k].fixed != 0, True, 1.0)
+
+
+def _set_budget(session, row: int, inp: np.ndarray, S: int, previous: np.ndarray | None) -> np.ndarray:
+    """At most S of the 0/1 inputs change: sum(b over inputs at 0) - sum(b over inputs at 1) <= S - #ones.
+
+    Only coefficients whose input changed since ``previous`` are rewritten; returns the new ones."""
+    coef = 1.0 - 2.0 * inp
+    changed = np.arange(len(coef)) if previous is None else np.flatnonzero(coef != previous)
+    if len(changed):
+        session.set_entries(np.full(len(changed), row), changed, coef[changed])
+    session.set_row_bounds([row], [-np.inf], [S - inp.sum()])
+    return coef
+
+
+class _BinaryMilp:
+    """The layer-local MILP over ±1 inputs (DESIGN.md §7 step 3).
+
+    Columns: the free inputs (binaries) and one binary per unit; rows: the exact big-M rows of
+    every unit and the change budget.  Before each solve only *soft* units (with a weight: the
+    objective rewards ending at ``desired``) and *hard* units (must keep their value) that the
+    movable inputs can reach keep their rows; the others are freed.  The big-M coefficients are
+    rewritten from the range the movable inputs and the budget allow (M of order S, not the
+    fan-in), so the relaxation stays tight.
+    """
+
+    def __init__(self, data: _LayerData, backend: str, reuse: bool, threads, mip_gap: float):
+        n, m = len(data.inputs), len(data.theta)
+        b = ModelBuilder()
+        in_cols = b.add_columns(data.in_lower, data.in_upper, True, data.k - 1, data.inputs)
+        self.unit_cols = b.add_columns(np.zeros(m), np.ones(m), True, data.k, np.arange(m))
+        b.add_unit_rows(f"l{data.k}", np.arange(m), data.coef, in_cols, self.unit_cols, data.theta - n,
+                        data.theta + n, data.theta, data.delta, 0.0)
+        self.on_row, self.off_row = np.arange(m), np.arange(m, 2 * m)
+        self.budget_row = b.add_row(in_cols, np.ones(n), -np.inf, np.inf, "budget")
+        model = b.model(np.zeros(b.n_cols), 0.0, (), f"iprop_layer_{data.k}")
+        self.data = data
+        self.session = open_session(model, backend, reuse=reuse, threads=threads, mip_gap=mip_gap)
+        self.budget = None
+
+    def solve(self, inp, h, weights, desired, S, time_limit, movable, hard=None) -> np.ndarray | None:
+        """New values of the input columns, or None if there is nothing to solve or no solution."""
+        d, s = self.data, self.session
+        lo, hi, L, U = d.ranges(inp, S, movable)
+        reachable = d.reachable(L, U)
         soft = (weights > 0) & reachable
-        hard = reachable & ~soft & (hard if hard is not None else False)
         if not soft.any():
             return None
-        s, n = self.session, len(self.inputs)
+        rows = soft | (reachable & (hard if hard is not None else False))
         on = (h > 0).astype(np.float64)
-        rows = soft | hard
-        # The rows' margins, never more than the current point keeps (so it stays feasible).
-        s0 = self.coef @ inp
-        on_side = np.where(on > 0, np.minimum(self.theta + self.margin, s0), self.theta + self.margin)
-        off_side = np.where(on > 0, self.theta - self.delta, np.maximum(self.theta - self.delta, s0))
-        s.set_col_bounds(np.arange(n), lo, hi)
+        # Each row's margin never asks more than the current point has, so it stays feasible.
+        s0 = d.coef @ inp
+        on_side = np.where(on > 0, np.minimum(d.theta + d.margin, s0), d.theta + d.margin)
+        off_side = np.where(on > 0, d.theta - d.delta, np.maximum(d.theta - d.delta, s0))
+        s.set_col_bounds(np.arange(len(inp)), lo, hi)
         s.set_col_bounds(self.unit_cols, np.where(soft, 0.0, on), np.where(soft, 1.0, on))
-        if self.budget_row is not None:
-            self._set_budget(inp, S)
+        self.budget = _set_budget(s, self.budget_row, inp, S, self.budget)
         s.set_row_bounds(self.on_row, np.where(rows, L, -np.inf), np.full(len(L), np.inf))
         s.set_row_bounds(self.off_row, np.full(len(L), -np.inf), np.where(rows, off_side, np.inf))
         j = np.flatnonzero(rows)
@@ -108,81 +180,73 @@ class _Problem:
         sol = s.solve(time_limit=max(time_limit, 0.01), start=np.concatenate([inp, on]))
         if not sol.has_solution:
             return None
-        values = np.clip(sol.values[:n], lo, hi)
-        return np.rint(values) if (self.kind == "binary" or self.grid) else values
-
-    def ranges(self, inp: np.ndarray, S: int, movable: np.ndarray | None = None):
-        """(input lower, input upper, L, U): the range of every unit's ``s`` when the movable
-        inputs (default all) go anywhere in their bounds, within the step ``S``: at most S of the
-        ±1 inputs change, or each pixel moves at most S grid steps."""
-        lo = self.in_lower if movable is None else np.where(movable, self.in_lower, inp)
-        hi = self.in_upper if movable is None else np.where(movable, self.in_upper, inp)
-        if self.kind == "pixels":  # a trust region: S grid steps (or 255ths of the range) per pixel
-            lo, hi = np.maximum(lo, inp - S * self.pixel_step), np.minimum(hi, inp + S * self.pixel_step)
-        s0 = self.coef @ inp
-        pos, neg = np.maximum(self.coef, 0), np.minimum(self.coef, 0)
-        L = s0 + pos @ (lo - inp) + neg @ (hi - inp)
-        U = s0 + pos @ (hi - inp) + neg @ (lo - inp)
-        if self.budget_row is not None:
-            L, U = np.maximum(L, s0 - S), np.minimum(U, s0 + S)
-        return lo, hi, L, U
-
-    def flippable(self, inp: np.ndarray, h: np.ndarray, S: int) -> np.ndarray:
-        """Units this layer's inputs can flip, one at a time, from the current point."""
-        _, _, L, U = self.ranges(inp, S)
-        return np.where(h > 0, L <= self.theta - self.delta, U >= self.theta + self.margin) & ~self.box_fixed
-
-    def _set_budget(self, inp: np.ndarray, S: int) -> None:
-        """At most S inputs change: sum over inputs at 0 of b - sum over inputs at 1 of b <= S - #ones."""
-        coef = 1.0 - 2.0 * inp
-        changed = np.arange(len(coef)) if self.budget_coef is None else np.flatnonzero(coef != self.budget_coef)
-        if len(changed):
-            self.session.set_entries(np.full(len(changed), self.budget_row), changed, coef[changed])
-            self.budget_coef = coef
-        self.session.set_row_bounds([self.budget_row], [-np.inf], [S - inp.sum()])
+        return np.rint(np.clip(sol.values[: len(inp)], lo, hi))
 
 
-def _build_problem(net: BNN, k: int, box, bounds: list[LayerBounds], base, backend, reuse, threads,
-                   margin: float, mip_gap: float) -> _Problem:
-    stage = net.threshold_stages[k]
-    bnd = bounds[k]
-    m = len(stage.threshold)
-    units = np.arange(m)
-    b = ModelBuilder()
-    if k == 0:  # a real-valued first layer over the pixels
-        pixels = np.flatnonzero(box.upper > box.lower)
-        grid = box.step is not None and stage.binary_weights
-        if grid:
-            in_lower, in_upper = box.k_lower[pixels].astype(np.float64), box.k_upper[pixels].astype(np.float64)
-        else:
-            in_lower, in_upper = box.lower[pixels], box.upper[pixels]
-        # Pixels are continuous in the subproblem, rounded to the grid afterwards: HiGHS handles
-        # hundreds of continuous columns far faster than general integers.  Rows keep a margin of
-        # a few rounding errors (each pixel moves by at most half a step when rounded).
-        b.add_columns(in_lower, in_upper, False, -1, pixels)
-        rows = first_layer_rows(net, stage, bnd, units, box, base, pixels, grid, margin)
-        if grid:
-            slack = _ROUNDING_SIGMAS * 0.5 * np.sqrt(len(pixels) / 3.0)
-            rows["margin"], rows["delta"] = slack, rows["delta"] + slack
-        inputs, in_cols, kind = pixels, np.arange(len(pixels)), "pixels"
-    else:
-        prev = bounds[k - 1]
-        inputs = np.flatnonzero(prev.fixed == 0)
-        prev_cols = np.full(len(prev.fixed), -1)
-        in_lower, in_upper = np.zeros(len(inputs)), np.ones(len(inputs))
-        prev_cols[inputs] = b.add_columns(in_lower, in_upper, True, k - 1, inputs)
-        rows = binary_layer_rows(stage, bnd, units, prev, prev_cols)
-        in_cols, grid, kind = rows.pop("in_cols"), True, "binary"
-    unit_cols = b.add_columns(np.zeros(m), np.ones(m), True, k, units)
-    b.add_unit_rows(f"l{k}", units, rows["coef"], in_cols, unit_cols, rows["L"], rows["U"], rows["theta"],
-                    rows["delta"], rows["margin"])
-    budget_row = b.add_row(in_cols, np.ones(len(in_cols)), -np.inf, np.inf, "budget") if kind == "binary" else None
-    model = b.model(np.zeros(b.n_cols), 0.0, tuple(f"s{i}" for i in range(len(net.threshold_stages))), f"iprop_{k}")
-    session = open_session(model, backend, reuse=reuse, threads=threads, mip_gap=mip_gap)
-    pixel_step = 1.0 if grid else (net.input_range[1] - net.input_range[0]) / 255
-    return _Problem(session, inputs, in_lower, in_upper, np.asarray(rows["coef"], np.float64),
-                    np.asarray(rows["theta"], np.float64), float(rows["delta"]), float(rows["margin"]), unit_cols,
-                    units, units + m, bnd.fixed != 0, budget_row, grid, kind, pixel_step)
+class _InputLp:
+    """The input layer as a linear program: maximise the targets' capped, normalised progress.
+
+    With ``z_j = s_j`` (unit j's pre-activation over the pixel columns), progress columns
+    ``t_j <= ±(z_j - s0_j)`` capped at the distance to the far side of the threshold, and the
+    objective ``sum_j w_j t_j / cap_j``, a target counts fully once it crosses and partly as it
+    gets closer (a MAX-SAT surrogate that also rewards progress); held units are bounds on ``z``.
+    Pixels are continuous and rounded to the grid afterwards (the rows keep a margin for that).
+    Only bounds, right-hand sides and costs change between solves, so the dual simplex restarts
+    from the previous basis: far faster than a MILP over hundreds of pixels.
+    """
+
+    def __init__(self, data: _LayerData, backend: str, reuse: bool, threads):
+        m = len(data.theta)
+        units, inf = np.arange(m), np.full(m, np.inf)
+        b = ModelBuilder()
+        b.add_columns(data.in_lower, data.in_upper, False, -1, data.inputs)
+        self.z = b.add_columns(-inf, inf, False, 0, units)
+        self.up = b.add_columns(-inf, inf, False, 0, units)
+        self.down = b.add_columns(-inf, inf, False, 0, units)
+        rows, cols = np.nonzero(data.coef)
+        b.add_block(np.concatenate([rows, units]), np.concatenate([cols, self.z]),
+                    np.concatenate([-data.coef[rows, cols], np.ones(m)]), np.zeros(m), np.zeros(m), "z")
+        pairs = np.repeat(units, 2)
+        self.up_rows = b.add_block(pairs, np.ravel(np.column_stack([self.up, self.z])), np.tile([1.0, -1.0], m),
+                                   -inf, np.zeros(m), "up")
+        self.down_rows = b.add_block(pairs, np.ravel(np.column_stack([self.down, self.z])), np.ones(2 * m),
+                                     -inf, np.zeros(m), "down")
+        model = b.model(np.zeros(b.n_cols), 0.0, (), "iprop_input")
+        self.data = data
+        self.session = open_session(model, backend, reuse=reuse, threads=threads)
+
+    def solve(self, inp, h, weights, desired, S, time_limit, movable, hard=None) -> np.ndarray | None:
+        d, s = self.data, self.session
+        lo, hi, L, U = d.ranges(inp, S, movable)
+        s0, on, m, inf = d.coef @ inp, h > 0, len(d.theta), np.inf
+        reachable = d.reachable(L, U)
+        target = (weights > 0) & reachable & ((desired > 0) != on)
+        if not target.any():
+            return None
+        held = reachable & ~target & ((hard if hard is not None else False) | (weights > 0))
+        cap = np.where(on, s0 - (d.theta - d.delta), d.theta + d.margin - s0)
+        up, down = target & ~on, target & on
+        s.set_col_bounds(np.arange(len(inp)), lo, hi)
+        s.set_col_bounds(self.z, np.where(held & on, np.minimum(d.theta + d.margin, s0), -inf),
+                         np.where(held & ~on, np.maximum(d.theta - d.delta, s0), inf))
+        s.set_col_bounds(self.up, np.full(m, -inf), np.where(up, cap, inf))
+        s.set_col_bounds(self.down, np.full(m, -inf), np.where(down, cap, inf))
+        s.set_row_bounds(self.up_rows, np.full(m, -inf), -s0)
+        s.set_row_bounds(self.down_rows, np.full(m, -inf), s0)
+        gain = np.divide(weights, cap, out=np.zeros(m), where=cap > 0)
+        s.set_objective(self.up, np.where(up, gain, 0.0))
+        s.set_objective(self.down, np.where(down, gain, 0.0))
+        sol = s.solve(time_limit=max(time_limit, 0.01))
+        if not sol.has_solution:
+            return None
+        values = np.clip(sol.values[: len(inp)], lo, hi)
+        return np.rint(values) if d.grid else values
+
+
+def _solver(data: _LayerData, backend: str, reuse: bool, threads, mip_gap: float):
+    if data.kind == "pixels":
+        return _InputLp(data, backend, reuse, threads)
+    return _BinaryMilp(data, backend, reuse, threads, mip_gap)
 
 
 def _reachable(a: np.ndarray, theta: np.ndarray, h: np.ndarray, S: int) -> np.ndarray:
@@ -199,18 +263,21 @@ class _IProp:
 
     def __init__(self, net: BNN, tracker: Tracker, box, backend: str, reuse: bool, threads, rng, sub_time_limit,
                  mip_gap: float):
+        """``reuse=False`` rebuilds each layer problem from the network at every solve."""
         self.net, self.tracker, self.box, self.rng = net, tracker, box, rng
         self.base = snap_to_box(net, tracker.x, box)
         self.bounds = interval_bounds_from_box(net, box)
         self.has_ib = net.input_binarization is not None
         self.sub_time_limit = sub_time_limit
-        margin = 1e-6 * (1.0 + float(np.abs(net.layers[0].threshold).max(initial=0.0)))
+        self.margin = margin = 1e-6 * (1.0 + float(np.abs(net.layers[0].threshold).max(initial=0.0)))
         first = 1 if self.has_ib else 0
-        self.problems = {
-            k: _build_problem(net, k, box, self.bounds, self.base, backend, reuse, threads, margin, mip_gap)
+        self.layers = {
+            k: _layer_data(net, k, box, self.bounds, self.base, margin)
             for k in range(first, len(net.threshold_stages))
             if np.any(self.bounds[k].fixed == 0) and (k == 0 or np.any(self.bounds[k - 1].fixed == 0))
         }
+        self.solver_options = (backend, reuse, threads, mip_gap)
+        self.solvers = {k: _solver(d, *self.solver_options) for k, d in self.layers.items()} if reuse else {}
         self.iterations = self.accepted = self.restarts = 0
 
     # ------------------------------------------------------------------ scoring
@@ -248,12 +315,12 @@ class _IProp:
         desired = np.where(g >= 0, 1.0, -1.0)
         hard = None  # at the top every reachable unit is soft, weighted by its share of f
         while True:
-            problem = self.problems.get(k)
+            problem = self.layers.get(k)
             if problem is None:
                 return None
             prev_on = self._inputs_now(x, acts, k, problem)
             movable = self._movable(problem, prev_on, h, weights, desired, S) & self._flippable_inputs(x, acts, k, S)
-            new = problem.solve(prev_on, h, weights, desired, S, self._sub_limit(deadline), movable, hard)
+            new = self._solver_for(k).solve(prev_on, h, weights, desired, S, self._sub_limit(deadline), movable, hard)
             if new is None:
                 return None
             if problem.kind == "pixels":
@@ -271,9 +338,16 @@ class _IProp:
             hard = np.ones(len(h), bool)  # below the top, every non-target unit keeps its value
             hard[idx] = False
             weights = np.zeros(len(h))
-            weights[idx] = _TARGET_WEIGHT
+            weights[idx] = 1.0
 
-    def _movable(self, problem: _Problem, inp: np.ndarray, h: np.ndarray, weights: np.ndarray,
+    def _solver_for(self, k: int):
+        if k in self.solvers:
+            return self.solvers[k]
+        # Rebuilt from the network, as an implementation without in-place updates would.
+        data = _layer_data(self.net, k, self.box, self.bounds, self.base, self.margin)
+        return _solver(data, *self.solver_options)
+
+    def _movable(self, problem: _LayerData, inp: np.ndarray, h: np.ndarray, weights: np.ndarray,
                  desired: np.ndarray, S: int) -> np.ndarray:
         """The inputs the subproblem may move: those whose best move pushes the targets most.
 
@@ -294,26 +368,27 @@ class _IProp:
             moves = [C, -C]
             room = [inp < problem.in_upper, inp > problem.in_lower]
         scores = []
-        for move, ok in zip(moves, room):
+        for move, ok in zip(moves, room, strict=True):
             push = up[:, None] * np.sign(move)
             gain = (w * target) @ push
             scores.append(np.where(ok, gain, -np.inf))
         score = np.max(scores, axis=0) + self.rng.random(len(inp)) * 1e-3
-        count = max(12, 4 * S) if problem.kind == "binary" else len(inp)
+        if problem.kind == "pixels":  # an L∞ attack needs many pixels: every helpful one may move
+            return score > 0
         movable = np.zeros(len(inp), bool)
-        movable[np.argsort(-score)[:count]] = True
+        movable[np.argsort(-score)[: max(12, 4 * S)]] = True
         return movable & (score > 0)
 
     def _flippable_inputs(self, x: np.ndarray, acts, k: int, S: int) -> np.ndarray:
         """For the problem at stage ``k``: which of its inputs the stage below can flip at all."""
-        problem, below = self.problems[k], self.problems.get(k - 1)
+        problem, below = self.layers[k], self.layers.get(k - 1)
         if problem.kind == "pixels" or below is None:
             return np.ones(len(problem.inputs), bool)
         h_below = acts.post[k - 1][0]
         inp_below = self._inputs_now(x, acts, k - 1, below)
         return below.flippable(inp_below, h_below, S)[problem.inputs]
 
-    def _inputs_now(self, x: np.ndarray, acts, k: int, problem: _Problem) -> np.ndarray:
+    def _inputs_now(self, x: np.ndarray, acts, k: int, problem: _LayerData) -> np.ndarray:
         """Current values of a problem's input columns: bits 0/1, grid steps or pixel values."""
         if problem.kind == "binary":
             return (acts.post[k - 1][0][problem.inputs] > 0).astype(np.float64)
@@ -321,7 +396,7 @@ class _IProp:
             return np.rint((x[problem.inputs] - self.net.input_range[0]) / self.box.step)
         return x[problem.inputs]
 
-    def _pixels(self, x: np.ndarray, problem: _Problem, values: np.ndarray) -> np.ndarray:
+    def _pixels(self, x: np.ndarray, problem: _LayerData, values: np.ndarray) -> np.ndarray:
         out = x.copy()
         if problem.grid:
             out[problem.inputs] = self.net.input_range[0] + values * self.box.step
@@ -366,7 +441,7 @@ class _IProp:
                     continue
             failures += 1
             step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
-            if failures >= 4 * len(_STEPS):
+            if failures >= _PATIENCE:
                 self.restarts += 1
                 if len(target_order) > 1:
                     t_index = (t_index + 1) % len(target_order)
@@ -402,8 +477,8 @@ def iprop_attack(
     seed: int = 0,
     reuse: bool = True,
     threads: int | None = None,
-    sub_time_limit: float = 0.5,
-    mip_gap: float = 1e-3,
+    sub_time_limit: float = 0.3,
+    mip_gap: float = 0.05,
     max_iterations: int | None = None,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).

@@ -16,7 +16,8 @@ folded into the threshold :math:`\theta'_j`:
   :math:`\delta = 1`: exact, no tolerance;
 * a ±1 first layer on the input grid: :math:`v = k` (integer grid steps), :math:`\theta'` rounded up
   to an integer, :math:`\delta = 1`: exact;
-* otherwise (continuous inputs or real weights): :math:`v = x`, :math:`\delta = m` = ``margin``.
+* otherwise (continuous inputs, or real weights): :math:`v = x` (or grid steps with coefficients
+  :math:`w \cdot` step), :math:`\delta = m` = ``margin``.
   ``margin = 0`` is a relaxation (sound for certificates); ``margin > 0`` a restriction whose
   solutions sit clearly on their side of every threshold (for attacks).
 
@@ -56,6 +57,11 @@ class AttackEncoding:
     stage_cols: list[np.ndarray]  # per threshold stage: column of each unit, -1 if fixed
     margin: float
     levels: int | None
+
+    @property
+    def exact(self) -> bool:
+        """Whether every row is exact (no ``margin``): no real-valued first layer with pixel variables."""
+        return len(self.pixel_cols) == 0 or (self.grid_pixels and self.net.layers[0].binary_weights)
 
     def decode(self, values: np.ndarray) -> np.ndarray:
         """The input (flat, in the box) that a column vector of this MILP describes."""
@@ -144,6 +150,7 @@ def attack_milp(
     bounds: str = "interval",
     margin: float = 0.0,
     label: int | None = None,
+    layer_bounds: list[LayerBounds] | None = None,
 ) -> MilpModel:
     """The attack MILP for ``target`` around ``x`` at L∞ radius ``eps`` (DESIGN.md §5).
 
@@ -158,12 +165,14 @@ def attack_milp(
         of the exact problem (sound for certificates).
     label
         The clean prediction (computed when not given).
+    layer_bounds
+        Bounds already computed for this box by :func:`attack_bounds` (they do not depend on the
+        target, so an untargeted attack computes them once); ``bounds`` is then ignored.
 
     Returns a :class:`MilpModel` whose ``info['encoding']`` (an :class:`AttackEncoding`) maps
     solutions back to inputs.
     """
-    if bounds not in ("interval", "lp"):
-        raise InvalidArgumentError(f"bounds={bounds!r}: expected 'interval' or 'lp'")
+    check_bounds_mode(bounds)
     margin = float(margin)
     if not np.isfinite(margin) or margin < 0:
         raise InvalidArgumentError(f"margin={margin!r}: expected a finite number >= 0")
@@ -172,12 +181,37 @@ def attack_milp(
     target = check_target(net, label, target)
     box = input_box(net, xf, eps, levels=levels)
     base = snap_to_box(net, xf, box)
+    if layer_bounds is None:
+        layer_bounds = attack_bounds(net, box, bounds)
+    elif len(layer_bounds) != len(net.threshold_stages):
+        raise InvalidArgumentError(f"layer_bounds: expected {len(net.threshold_stages)} stages, "
+                                   f"got {len(layer_bounds)}")
+    return _build(net, xf, base, float(eps), label, target, box, layer_bounds, margin, levels)
+
+
+BOUNDS = ("interval", "lp")
+
+
+def check_bounds_mode(bounds) -> str:
+    if bounds not in BOUNDS:
+        raise InvalidArgumentError(f"bounds={bounds!r}: expected one of {BOUNDS}")
+    return bounds
+
+
+def attack_bounds(net: BNN, box: InputBox, bounds: str = "interval", *, deadline: float | None = None
+                  ) -> list[LayerBounds]:
+    """Bounds of every threshold stage over ``box``: interval, or tightened by LP ('lp').
+
+    ``deadline`` (a ``time.perf_counter()`` value) stops LP tightening early; the units not
+    reached keep their interval bounds (still sound).
+    """
+    check_bounds_mode(bounds)
     layer_bounds = interval_bounds_from_box(net, box)
     if bounds == "lp":
         from .lp_bounds import tighten_bounds
 
-        layer_bounds = tighten_bounds(net, box, layer_bounds)
-    return _build(net, xf, base, float(eps), label, target, box, layer_bounds, margin, levels)
+        layer_bounds = tighten_bounds(net, box, layer_bounds, deadline=deadline)
+    return layer_bounds
 
 
 def snap_to_box(net: BNN, x: np.ndarray, box: InputBox) -> np.ndarray:
@@ -232,6 +266,18 @@ class ModelBuilder:
         self.row_names += [f"on_{name}_{j}" for j in units] + [f"off_{name}_{j}" for j in units]
         self.n_rows += 2 * m
 
+    def add_block(self, rows, cols, values, lower, upper, name: str) -> np.ndarray:
+        """Rows from COO entries (``rows`` numbered from 0 within the block); returns their indices."""
+        n = len(lower)
+        self.rows.append(self.n_rows + np.asarray(rows))
+        self.cols.append(np.asarray(cols))
+        self.vals.append(np.asarray(values, np.float64))
+        self.row_lower.append(np.asarray(lower, np.float64))
+        self.row_upper.append(np.asarray(upper, np.float64))
+        self.row_names += [f"{name}_{i}" for i in range(n)]
+        self.n_rows += n
+        return np.arange(self.n_rows - n, self.n_rows)
+
     def add_row(self, cols, values, lower: float, upper: float, name: str) -> int:
         """One extra row; returns its index."""
         self.rows.append(np.full(len(cols), self.n_rows))
@@ -260,14 +306,40 @@ class ModelBuilder:
 
 def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> MilpModel:
     b = ModelBuilder()
+    layout = add_stages(b, net, box, base, bounds, margin, len(bounds))
+    objective, offset = _objective(net, label, target, bounds[-1], layout.stage_cols[-1], b.n_cols)
+    model = b.model(objective, offset, layout.stage_names, f"bnn_attack_t{target}_c{label}")
+    encoding = AttackEncoding(net, x, base, eps, label, target, box, bounds, layout.pixel_cols, layout.grid_pixels,
+                              layout.stage_cols, margin, levels)
+    model.info["encoding"] = encoding
+    return model
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """Where :func:`add_stages` put things: pixel columns, and per stage the column of each unit (-1: fixed)."""
+
+    pixel_cols: np.ndarray
+    grid_pixels: bool
+    stage_cols: list[np.ndarray]
+    stage_names: tuple[str, ...]
+
+
+def add_stages(b: ModelBuilder, net: BNN, box: InputBox, base: np.ndarray, bounds: list[LayerBounds],
+               margin: float, n_stages: int) -> StageLayout:
+    """Columns and big-M rows of the first ``n_stages`` threshold stages (pixels first).
+
+    The attack MILP uses every stage; LP bound tightening (:mod:`bnnmip.milp.lp_bounds`) uses the
+    stages below the one it bounds.
+    """
     stages = net.threshold_stages
     has_ib = net.input_binarization is not None
     stage_names = (("z",) if has_ib else ()) + tuple(f"h{i}" for i in range(1, net.depth + 1))
     first = net.layers[0]
-    grid_pixels = box.step is not None and not has_ib and first.binary_weights
+    grid_pixels = box.step is not None and not has_ib
     pixel_cols = np.zeros(0, np.int64)
     # Pixel variables: only for a real first layer with free units, and only where the box is open.
-    if not has_ib and np.any(bounds[0].fixed == 0):
+    if not has_ib and n_stages > 0 and np.any(bounds[0].fixed == 0):
         open_box = box.upper > box.lower
         pixel_cols = np.flatnonzero(open_box & (first.weight[bounds[0].fixed == 0] != 0).any(axis=0))
         if grid_pixels:
@@ -275,7 +347,8 @@ def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> Mil
         else:
             b.add_columns(box.lower[pixel_cols], box.upper[pixel_cols], False, -1, pixel_cols)
     stage_cols = []
-    for k, (stage, bnd) in enumerate(zip(stages, bounds)):
+    for k in range(n_stages):
+        stage, bnd = stages[k], bounds[k]
         units = np.flatnonzero(bnd.fixed == 0)
         cols = np.full(len(bnd.fixed), -1, np.int64)
         cols[units] = b.add_columns(np.zeros(len(units)), np.ones(len(units)), True, k, units)
@@ -290,12 +363,7 @@ def _build(net, x, base, eps, label, target, box, bounds, margin, levels) -> Mil
             in_cols = rows.pop("in_cols")
         b.add_unit_rows(stage_names[k], units, rows["coef"], in_cols, cols[units], rows["L"], rows["U"],
                         rows["theta"], rows["delta"], rows["margin"])
-    objective, offset = _objective(net, label, target, bounds[-1], stage_cols[-1], b.n_cols)
-    model = b.model(objective, offset, stage_names, f"bnn_attack_t{target}_c{label}")
-    encoding = AttackEncoding(net, x, base, eps, label, target, box, bounds, pixel_cols, grid_pixels, stage_cols,
-                              margin, levels)
-    model.info["encoding"] = encoding
-    return model
+    return StageLayout(pixel_cols, grid_pixels, stage_cols, stage_names)
 
 
 def binary_layer_rows(layer, bnd: LayerBounds, units, prev: LayerBounds, prev_cols) -> dict:
@@ -318,7 +386,12 @@ def binary_layer_rows(layer, bnd: LayerBounds, units, prev: LayerBounds, prev_co
 
 
 def first_layer_rows(net, layer, bnd, units, box, base, pixel_cols, grid_pixels, margin) -> dict:
-    """Rows of a real-valued first layer over the pixel variables (grid steps or values)."""
+    """Rows of a real-valued first layer over the pixel variables (grid steps or values).
+
+    On the grid with ±1 weights the rows are over integer steps with integer thresholds (exact,
+    ``delta = 1``).  On the grid with real weights the pixels are still integer steps, but the
+    coefficients ``w * step`` and thresholds are real, so ``margin`` applies as for continuous inputs.
+    """
     W = layer.weight[units].astype(np.float64)
     fixed = np.ones(W.shape[1], bool)
     fixed[pixel_cols] = False
@@ -326,10 +399,14 @@ def first_layer_rows(net, layer, bnd, units, box, base, pixel_cols, grid_pixels,
     lo_range = net.input_range[0]
     if grid_pixels:
         C = W[:, fixed] @ base[fixed] + lo_range * Wv.sum(axis=1)
-        tau = (layer.threshold[units] - C) / box.step
-        theta = np.ceil(tau - _TAU_TOL * (1 + np.abs(tau)))
         v_lo, v_hi = box.k_lower[pixel_cols].astype(np.float64), box.k_upper[pixel_cols].astype(np.float64)
-        coef, delta, m = Wv, 1.0, 0.0
+        if layer.binary_weights:
+            tau = (layer.threshold[units] - C) / box.step
+            theta = np.ceil(tau - _TAU_TOL * (1 + np.abs(tau)))
+            coef, delta, m = Wv, 1.0, 0.0
+        else:
+            theta = layer.threshold[units] - C
+            coef, delta, m = Wv * box.step, margin, margin
     else:
         C = W[:, fixed] @ base[fixed]
         theta = layer.threshold[units] - C
