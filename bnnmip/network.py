@@ -45,7 +45,7 @@ _BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread a
 # busy machine spends milliseconds waking its threads for every small product.
 _BLAS = threading.Lock()
 _blas_state: dict = {"depth": 0, "limiter": None, "controller": None}
-_pool_state: dict = {"pool": None, "pid": None}
+_pool_state: dict = {"pool": None}
 _local = threading.local()
 
 
@@ -90,11 +90,23 @@ def _blas_limit(n_rows: int):
 
 
 def _pool() -> ThreadPoolExecutor:
-    # A pool inherited through fork() has no threads behind it: make a new one in the child.
-    if _pool_state["pool"] is None or _pool_state["pid"] != os.getpid():
-        _pool_state["pool"] = ThreadPoolExecutor(max_workers=max(1, n_threads() - 1), thread_name_prefix="bnnmip")
-        _pool_state["pid"] = os.getpid()
-    return _pool_state["pool"]
+    with _BLAS:
+        if _pool_state["pool"] is None:
+            workers = max(1, n_threads() - 1)
+            _pool_state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bnnmip")
+        return _pool_state["pool"]
+
+
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's threads: no pool, no lock holder, no BLAS limit to undo."""
+    global _BLAS
+    _BLAS = threading.Lock()
+    _blas_state.update(depth=0, limiter=None)
+    _pool_state.update(pool=None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _run_chunks(work, n_rows: int) -> None:
