@@ -43,7 +43,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import BnnmipError, InvalidArgumentError
@@ -58,7 +58,7 @@ SOLVER_FREE_METHODS = frozenset({"pgd"})
 
 _TOP_KEYS = {"name", "time_limit", "threads", "levels", "eps", "eps_levels", "methods", "backends", "targets",
              "manifest", "db", "images", "models", "options"}
-_MODEL_KEYS = {"file", "dataset", "arch", "data", "images"}
+_MODEL_KEYS = {"file", "dataset", "arch", "data", "images", "eps", "eps_levels"}
 _IMAGE_KEYS = {"first_correct", "first", "indices"}
 _ARCH_RE = re.compile(r"^(?P<dataset>.+)_(?P<arch>\d+x\d+)$")
 
@@ -105,6 +105,7 @@ class ModelSpec:
     dataset: str
     arch: str
     images: ImageSelection
+    eps: tuple[float, ...] | None = None  # per-model radii (default: the config's)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class _Parser:
     def config(self) -> BenchConfig:
         d = self.data
         _check_keys(d, _TOP_KEYS, "")
-        levels = _positive_int(d.get("levels", 255), "levels")
+        levels = self.levels = _positive_int(d.get("levels", 255), "levels")
         methods = self.methods()
         backends = _str_list(d.get("backends", ["highs"]), "backends")
         if any(m not in SOLVER_FREE_METHODS for m in methods):
@@ -172,7 +173,7 @@ class _Parser:
         return BenchConfig(
             name=_string(d.get("name", self.source.stem), "name"),
             models=self.models(images),
-            eps=_eps(d, levels),
+            eps=_eps(d, levels) if ("eps" in d or "eps_levels" in d) or not self.per_model_eps else (),
             methods=methods,
             backends=backends,
             targets=_targets(d.get("targets")),
@@ -183,6 +184,12 @@ class _Parser:
             db=(self.source.parent / _string(d["db"], "db")).resolve() if "db" in d else None,
             source=self.source,
         )
+
+    @property
+    def per_model_eps(self) -> bool:
+        entries = self.data.get("models")
+        return isinstance(entries, list) and bool(entries) and all(
+            isinstance(e, Mapping) and ("eps" in e or "eps_levels" in e) for e in entries)
 
     def methods(self) -> tuple[str, ...]:
         from ..attacks import METHODS
@@ -237,10 +244,11 @@ class _Parser:
             images = _images(entry.get("images"), key + ".images") or default_images
             if images is None:
                 raise InvalidArgumentError(f"{key}.images: missing (set [images] or images = {{...}} per model)")
-            if "file" in entry:
-                specs.append(self.file_model(entry, key, images))
-            else:
-                specs.extend(self.manifest_models(entry, key, images))
+            found = [self.file_model(entry, key, images)] if "file" in entry else self.manifest_models(entry, key, images)
+            if "eps" in entry or "eps_levels" in entry:
+                eps = _eps(entry, self.levels, key + ".")
+                found = [replace(spec, eps=eps) for spec in found]
+            specs.extend(found)
         return tuple(specs)
 
     def file_model(self, entry: Mapping, key: str, images: ImageSelection) -> ModelSpec:
@@ -371,10 +379,12 @@ def _positive_int(value, key: str) -> int:
     return value
 
 
-def _eps(d: Mapping, levels: int) -> tuple[float, ...]:
+def _eps(d: Mapping, levels: int, prefix: str = "") -> tuple[float, ...]:
     if ("eps" in d) == ("eps_levels" in d):
-        raise InvalidArgumentError("eps: give exactly one of eps = [...] (radii) or eps_levels = [...] (pixel levels)")
-    key = "eps" if "eps" in d else "eps_levels"
+        raise InvalidArgumentError(f"{prefix}eps: give exactly one of eps = [...] (radii) or eps_levels = [...] "
+                                   "(pixel levels)")
+    key = prefix + ("eps" if "eps" in d else "eps_levels")
+    d = {key: d["eps" if "eps" in d else "eps_levels"]}
     values = d[key] if isinstance(d[key], list) else [d[key]]
     if not values:
         raise InvalidArgumentError(f"{key}: empty list")
@@ -382,7 +392,7 @@ def _eps(d: Mapping, levels: int) -> tuple[float, ...]:
     for i, v in enumerate(values):
         if not _is_number(v) or v <= 0:
             raise InvalidArgumentError(f"{key}[{i}]={v!r}: expected a positive number")
-        eps = float(v) / levels if key == "eps_levels" else float(v)
+        eps = float(v) / levels if key.endswith("eps_levels") else float(v)
         if eps > 1:
             raise InvalidArgumentError(f"{key}[{i}]={v!r}: ε = {eps:g} exceeds the input range [0, 1]")
         out.append(eps)

@@ -122,7 +122,7 @@ def _model_jobs(config: BenchConfig, spec: ModelSpec) -> list[Job]:
     preds = net.predict(data.inputs())
     ref = ModelRef(str(spec.path), file_sha256(spec.path), spec.dataset, spec.arch, str(spec.data))
     jobs = []
-    for eps in config.eps:
+    for eps in spec.eps or config.eps:
         for i in spec.images.select(data.labels, preds):
             pixels = np.ascontiguousarray(data.images[i], dtype=np.uint8).tobytes()
             for method in config.methods:

@@ -1,0 +1,76 @@
+"""Flip rate of PGD, IProp, IProp+PGD and the MILP per (dataset, architecture, ε) — issue 5.
+
+    python benchmarks/flip_rate.py                      # the committed config, 2 workers
+    python benchmarks/flip_rate.py --config benchmarks/configs/smoke.toml --workers 1
+
+Runs the configuration through ``bnnmip.bench`` (resumable: rerunning continues where a killed
+run stopped), prints the flip-rate table, checks the issue's targets and writes the table to
+``benchmarks/results/flip_rate.md`` and the rows to ``flip_rate.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bnnmip.bench.config import load_config
+from bnnmip.bench.report import format_table, summarize
+from bnnmip.bench.runner import run
+from bnnmip.bench.store import ResultStore, write_csv
+
+ROOT = Path(__file__).resolve().parent
+WIDER_OR_DEEPER = lambda arch: arch != "2x100"  # noqa: E731
+
+
+def targets(lines) -> list[str]:
+    """The issue's targets, each as 'PASS ...' or 'MISS ...'."""
+    rate = {(s.dataset, s.arch, s.eps_levels, s.variant): s for s in lines}
+    rows = sorted({k[:3] for k in rate})
+    out = []
+    for key in rows:
+        ip, pgd, milp = (rate.get((*key, m)) for m in ("iprop+pgd", "pgd", "milp"))
+        if ip and pgd:
+            ok = ip.flipped >= pgd.flipped
+            out.append(f"{'PASS' if ok else 'MISS'} iprop+pgd >= pgd on {key}: {ip.flipped} vs {pgd.flipped}")
+        if ip and milp and WIDER_OR_DEEPER(key[1]):
+            ok = ip.flipped >= milp.flipped
+            out.append(f"{'PASS' if ok else 'MISS'} iprop+pgd >= milp on {key}: {ip.flipped} vs {milp.flipped}")
+    totals = defaultdict(int)
+    for s in lines:
+        totals[s.variant] += s.flipped
+    out.append(f"{'PASS' if totals['iprop'] > totals['pgd'] else 'MISS'} iprop beats pgd on average: "
+               f"{totals['iprop']} vs {totals['pgd']} flips in all")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "flip_rate.toml"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    summary = run(config, workers=args.workers, progress=not args.no_progress)
+    with ResultStore(summary.db) as store:
+        rows = store.rows()
+    lines = summarize(rows)
+    table = format_table(lines)
+    checks = targets(lines)
+    print(table)
+    print("\n".join(checks))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = config.name
+    (out / f"{stem}.md").write_text(f"# {stem}\n\n```\n{table}\n```\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        write_csv(rows, f)
+    print(f"wrote {out / (stem + '.md')} and {out / (stem + '.csv')}; {summary.jobs} jobs, "
+          f"{summary.ran} run now, {summary.elapsed:.0f} s")
+    return 0 if summary.complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

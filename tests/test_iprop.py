@@ -1,0 +1,95 @@
+"""IProp, IProp+PGD and 'best' on small networks whose truth brute force knows."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+
+import bnnmip
+from bnnmip.attacks import attack, iprop_attack
+from bnnmip.io.onnx_writer import random_params, to_onnx
+
+
+def _net(tmp_path, seed, n=5, widths=(6, 5), classes=3, levels=4, ib=False):
+    rng = np.random.default_rng(seed)
+    path = tmp_path / f"net{seed}.onnx"
+    onnx.save(to_onnx(random_params(rng, n, list(widths), classes, input_binarization=ib)), path)
+    return bnnmip.load_onnx(path, levels=levels), rng
+
+
+def _flip_exists(net, x, eps) -> bool:
+    lo, hi = net.input_range
+    L = net.levels
+    step = (hi - lo) / L
+    axes = [np.arange(np.ceil((max(v - eps, lo) - lo) / step - 1e-9), np.floor((min(v + eps, hi) - lo) / step + 1e-9) + 1)
+            for v in x]
+    points = np.array(list(itertools.product(*axes))) * step + lo
+    return bool(np.any(net.predict(points) != net.predict(x)[0]))
+
+
+@pytest.mark.parametrize("ib", [False, True])
+def test_iprop_finds_flips_that_exist_and_never_lies(tmp_path, ib):
+    found = exists = 0
+    for seed in range(12):
+        net, rng = _net(tmp_path, seed, ib=ib)
+        x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
+        eps = 2 / net.levels
+        truth = _flip_exists(net, x, eps)
+        r = iprop_attack(net, x, eps, time_limit=3, seed=seed)
+        assert r.status in ("adversarial", "unknown")  # IProp never claims robustness
+        if r.status == "adversarial":
+            assert truth and r.verified
+            assert np.abs(r.x_adv - x).max() <= eps + 1e-9
+            assert r.adv_label != r.label
+        exists += truth
+        found += r.status == "adversarial"
+    assert exists >= 4
+    assert found >= 0.75 * exists, f"IProp found {found} of {exists} flips that brute force finds"
+
+
+def test_reuse_and_rebuild_take_the_same_steps(tmp_path):
+    """In-place updates change how a subproblem reaches the solver, never what it is."""
+    net, rng = _net(tmp_path, 3, n=6, widths=(8, 6, 5))
+    x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
+    runs = [iprop_attack(net, x, 1 / net.levels, time_limit=30, seed=1, reuse=reuse, max_iterations=15)
+            for reuse in (True, False)]
+    assert runs[0].details["iterations"] == runs[1].details["iterations"]
+    assert [f for _, f in runs[0].trace] == [f for _, f in runs[1].trace]
+
+
+@pytest.mark.parametrize("method", ["iprop", "iprop+pgd", "best"])
+def test_time_limit_and_verified_results_on_a_shipped_model(method):
+    net = bnnmip.load_onnx("models/fmnist_2x100.onnx", levels=255)
+    data = bnnmip.datasets.load_npz("models/fmnist_test100.npz")
+    x = data.inputs()[0]
+    r = attack(net, x, 5 / 255, method=method, time_limit=2.0)
+    assert r.time <= 3.0
+    assert r.method == method
+    assert r.trace and all(b[1] >= a[1] for a, b in zip(r.trace, r.trace[1:]))
+    if r.status == "adversarial":
+        assert r.verified
+        assert np.argmax(bnnmip.onnx_logits(net, r.x_adv)[0]) != r.label
+
+
+def test_best_can_prove_robustness(tmp_path):
+    """'best' ends with the exact MILP, so at a tiny radius it certifies."""
+    net, rng = _net(tmp_path, 5)
+    for _ in range(20):
+        x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
+        if not _flip_exists(net, x, 1 / net.levels):
+            break
+    r = attack(net, x, 1 / net.levels, method="best", time_limit=10)
+    assert r.status == "robust"
+
+
+def test_iprop_starts_from_a_given_input(tmp_path):
+    net, rng = _net(tmp_path, 7)
+    x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
+    start = np.clip(x + 1 / net.levels, 0, 1)
+    r = iprop_attack(net, x, 1 / net.levels, time_limit=1, start=start, max_iterations=0)
+    f_start = net.logits(start)[0]
+    label = int(np.argmax(net.logits(x)[0]))
+    assert r.objective >= max(f_start[t] - f_start[label] for t in range(net.n_classes) if t != label) - 1e-12
