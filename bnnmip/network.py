@@ -36,6 +36,9 @@ from .errors import InvalidArgumentError
 
 _U32 = 2.0**-24  # unit roundoff of float32
 CHUNK_ROWS = 512  # rows per task of the fast path (measured: 256 to 2048 are within a few %)
+# Smaller batches run on the calling thread alone: on a busy machine, waiting for a helper thread
+# that was preempted in the middle of its chunk costs milliseconds.
+PARALLEL_ROWS = 2048
 _BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread anyway
 
 
@@ -109,30 +112,40 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def chunk_rows(n_rows: int) -> int:
+    """Rows per chunk of the fast path: :data:`CHUNK_ROWS`, or fewer for a batch of less than
+    ``2 * threads * CHUNK_ROWS`` rows so that it still splits evenly over the threads."""
+    if n_rows < PARALLEL_ROWS or n_threads() == 1:
+        return max(1, min(n_rows, CHUNK_ROWS))
+    return min(CHUNK_ROWS, -(-n_rows // (2 * n_threads())))
+
+
 def _run_chunks(work, n_rows: int) -> None:
-    """Call ``work(start)`` for every chunk of :data:`CHUNK_ROWS` rows, on up to :func:`n_threads` threads.
+    """Call ``work(start, stop)`` for every chunk of :func:`chunk_rows` rows, on up to :func:`n_threads` threads.
 
     The calling thread works too, and every thread takes the next chunk when it is free: on a busy
     machine a helper that is slow to wake up finds the chunks done, rather than being waited for.
     """
-    n_chunks = -(-n_rows // CHUNK_ROWS)
+    size = chunk_rows(n_rows)
+    n_chunks = -(-n_rows // size)
     if n_chunks == 1:
-        work(0)
+        work(0, n_rows)
         return
-    helpers = min(n_threads(), n_chunks) - 1
     next_chunk = itertools.count().__next__  # atomic under the GIL
 
     def drain() -> None:
         while (i := next_chunk()) < n_chunks:
-            work(i * CHUNK_ROWS)
+            work(i * size, min((i + 1) * size, n_rows))
 
+    helpers = min(n_threads(), n_chunks) - 1 if n_rows >= PARALLEL_ROWS else 0
     tasks = [_pool().submit(drain) for _ in range(helpers)]
     try:
         drain()
-    finally:  # wait for the helpers even if this thread failed: they write into the caller's output
-        failures = [e for e in (task.exception() for task in tasks) if e is not None]
-    if failures:
-        raise failures[0]
+    finally:  # wait for the helpers that started (they write into the caller's output)
+        failures = [task.exception() for task in tasks if not task.cancel()]
+    for failure in failures:
+        if failure is not None:
+            raise failure
 
 
 def _unit_signs(a: np.ndarray) -> np.ndarray:
@@ -448,7 +461,7 @@ class BNN:
         """Logits ``A h_D + c`` of a batch (n, n_classes), float64.
 
         The fast path: float32 matrix products with exact decisions (see :meth:`Layer.signs`), in
-        row chunks of :data:`CHUNK_ROWS` on :func:`n_threads` threads with single-threaded BLAS.
+        row chunks (:func:`chunk_rows`) on :func:`n_threads` threads with single-threaded BLAS.
         It decides every unit as :meth:`forward` does (up to float64 rounding on a real layer,
         i.e. for pre-activations within about 1e-13 of a threshold); float32 inputs are taken
         as they are, others are read in float64.
@@ -458,12 +471,11 @@ class BNN:
         X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
         out = np.empty((len(X), self.n_classes))
         with _blas_limit(len(X)):
-            _run_chunks(lambda start: self._logits_chunk(X, out, start), len(X))
+            _run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
         return out
 
-    def _logits_chunk(self, X: np.ndarray, out: np.ndarray, start: int) -> None:
-        """Rows ``start : start + CHUNK_ROWS`` of :meth:`logits`, in per-thread buffers."""
-        x = X[start : start + CHUNK_ROWS]
+    def _logits_chunk(self, x: np.ndarray, out: np.ndarray) -> None:
+        """:meth:`logits` of the rows ``x`` into ``out``, in per-thread buffers."""
         r = len(x)
         x64 = x if x.dtype == np.float64 else None
         x32 = x
@@ -486,9 +498,8 @@ class BNN:
             inp64 = None
         h = _buffer(6, inp.shape, np.float64)
         np.copyto(h, inp)
-        rows = out[start : start + r]
-        np.matmul(h, self._out_weight_t, out=rows)
-        rows += self.out_bias
+        np.matmul(h, self._out_weight_t, out=out)
+        out += self.out_bias
 
     @cached_property
     def _out_weight_t(self) -> np.ndarray:

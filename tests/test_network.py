@@ -16,7 +16,7 @@ import pytest
 
 import bnnmip
 from bnnmip.io.onnx_writer import random_params, to_onnx
-from bnnmip.network import CHUNK_ROWS, single_threaded_blas
+from bnnmip.network import CHUNK_ROWS, PARALLEL_ROWS, chunk_rows, single_threaded_blas
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -77,7 +77,7 @@ def _agree(net, X):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8])
 def test_logits_agree_with_forward_on_random_inputs(net, dtype):
     rng = np.random.default_rng(2)
-    n = 3 * CHUNK_ROWS + 17  # several chunks, on several threads, and a ragged last one
+    n = PARALLEL_ROWS + 17  # several chunks, on several threads, and a ragged last one
     X = rng.integers(0, 256, (n, 784)) if dtype == np.uint8 else rng.random((n, 784))
     _agree(net, X.astype(dtype))
 
@@ -179,6 +179,12 @@ def _blas_threads() -> list[int]:
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
 
+def test_chunks():
+    assert chunk_rows(1) == 1 and chunk_rows(0) == 1 and chunk_rows(PARALLEL_ROWS - 1) == CHUNK_ROWS
+    assert chunk_rows(10_000_000) == CHUNK_ROWS
+    assert 0 < chunk_rows(PARALLEL_ROWS) <= CHUNK_ROWS
+
+
 def test_blas_limit_is_restored(net):
     before = _blas_threads()
     with single_threaded_blas():
@@ -191,7 +197,7 @@ def test_blas_limit_is_restored(net):
 
 
 def test_concurrent_callers(net):
-    X = np.random.default_rng(8).random((3 * CHUNK_ROWS, 784))
+    X = np.random.default_rng(8).random((PARALLEL_ROWS, 784))
     expected = net.logits(X)
     results, before = [None] * 4, _blas_threads()
 
@@ -210,12 +216,12 @@ def test_concurrent_callers(net):
 
 def _child(conn, path):
     net = bnnmip.load_onnx(path)
-    conn.send(net.logits(np.full((3 * CHUNK_ROWS, 784), 0.5))[0].tolist())
+    conn.send(net.logits(np.full((PARALLEL_ROWS, 784), 0.5))[0].tolist())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_logits_after_fork(net):
-    net.logits(np.zeros((3 * CHUNK_ROWS, 784)))  # the parent's thread pool exists now
+    net.logits(np.zeros((PARALLEL_ROWS, 784)))  # the parent's thread pool exists now
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(child, str(MODELS / "fmnist_2x100.onnx")))
@@ -266,8 +272,8 @@ def test_bad_shapes(net, shape):
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_non_finite_inputs(net, bad, dtype):
-    X = np.random.default_rng(9).random((2 * CHUNK_ROWS + 3, 784)).astype(dtype)
-    X[CHUNK_ROWS + 1, 17] = bad
+    X = np.random.default_rng(9).random((PARALLEL_ROWS + 3, 784)).astype(dtype)
+    X[PARALLEL_ROWS - 2, 17] = bad  # in a late chunk, possibly on a helper thread
     for fn in (net.forward, net.logits, net.predict):
         with pytest.raises(bnnmip.InvalidArgumentError, match="NaN or infinite"):
             fn(X)
