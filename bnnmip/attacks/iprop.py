@@ -17,7 +17,8 @@ IProp replaces the one hard attack MILP by many small layer-local ones.  From th
 4. runs the exact forward pass and keeps the new input if :math:`(f, -\mathrm{potential})`
    improves, where the potential sums :math:`|g_j|` times the input changes each disagreeing
    top unit still needs (so plateau moves that bring flips closer are kept).  The step size
-   :math:`S` adapts; after many failures IProp restarts (and, untargeted, moves to the next class).
+   :math:`S` adapts; after many failures IProp restarts near the best input so far.  Untargeted,
+   each iteration aims at the current runner-up class.
 
 Every layer-local MILP is built once per attack and then updated in place (objective, column and
 row bounds, the change-budget row) through a backend session; ``reuse=False`` rebuilds it every
@@ -39,7 +40,7 @@ from ..milp.session import open_session
 from ..network import BNN
 from .result import AttackResult, Tracker
 
-_STEPS = (1, 2, 3, 5, 8, 13, 21, 34)  # the step size S: ±1 input changes, or grid steps per pixel
+_STEPS = (1, 2, 3, 5, 8, 13)  # the step size S: ±1 input changes, or grid steps per pixel
 _PATIENCE = 32  # failed proposals before a restart
 _ROUNDING_SIGMAS = 3.0  # pixel rows keep this many standard deviations of the grid-rounding error
 
@@ -281,17 +282,21 @@ class _IProp:
         self.iterations = self.accepted = self.restarts = 0
 
     # ------------------------------------------------------------------ scoring
-    def score(self, x: np.ndarray, target: int) -> tuple[float, float]:
-        """(f, -potential) of an input for one target class."""
+    def score(self, x: np.ndarray, target: int | None) -> tuple[tuple[float, float], int]:
+        """((f, -potential), target) of an input: ``target=None`` picks the runner-up class of ``x``
+        among the attack's targets, and ``f`` is then the attack's objective (max over targets)."""
         acts = self.net.forward(x)
-        label = self.tracker.label
-        f = float(acts.logits[0, target] - acts.logits[0, label])
+        label, logits = self.tracker.label, acts.logits[0]
+        if target is None:
+            targets = self.tracker.targets
+            target = int(targets[int(np.argmax(logits[targets]))])
+        f = float(logits[target] - logits[label])
         g = self.net.out_weight[target] - self.net.out_weight[label]
         last = self.net.layers[-1]
         h, a = acts.post[-1][0], acts.pre[-1][0]
         wrong = (h != np.sign(g)) & (g != 0) & (self.bounds[-1].fixed == 0)
         need = _changes_needed(a, last.threshold, h)
-        return f, -float(np.sum(np.abs(g[wrong]) * need[wrong]))
+        return (f, -float(np.sum(np.abs(g[wrong]) * need[wrong]))), target
 
     # ------------------------------------------------------------------ one iteration
     def propose(self, x: np.ndarray, target: int, S: int, deadline: float) -> np.ndarray | None:
@@ -419,35 +424,35 @@ class _IProp:
 
     # ------------------------------------------------------------------ the loop
     def run(self, x0: np.ndarray, deadline: float, max_iterations: int | None) -> None:
+        """Propose, judge, accept on improvement; adapt the step; restart when stuck.
+
+        Untargeted, each iteration aims at the runner-up class of the current input (the class
+        the objective ``max_t logit_t - logit_label`` is about), so IProp follows whichever
+        class is closest as the input moves.
+        """
         tracker = self.tracker
-        target_order = list(tracker.targets)
-        t_index = 0
-        target = target_order[t_index]
+        fixed_target = tracker.target
         x = snap_to_box(self.net, x0, self.box)
-        best = self.score(x, target)
+        best, target = self.score(x, fixed_target)
         step, failures = 2, 0
         while time.perf_counter() < deadline and tracker.flip is None:
             if max_iterations is not None and self.iterations >= max_iterations:
                 break
             self.iterations += 1
-            S = _STEPS[step]
-            candidate = self.propose(x, target, S, deadline)
+            candidate = self.propose(x, target, _STEPS[step], deadline)
             if candidate is not None:
                 tracker.offer(candidate)
-                score = self.score(candidate, target)
+                score, new_target = self.score(candidate, fixed_target)
                 if score > best and not np.array_equal(candidate, x):
-                    x, best, failures = candidate, score, 0
+                    x, best, target, failures = candidate, score, new_target, 0
                     self.accepted += 1
                     continue
             failures += 1
             step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
             if failures >= _PATIENCE:
                 self.restarts += 1
-                if len(target_order) > 1:
-                    t_index = (t_index + 1) % len(target_order)
-                    target = target_order[t_index]
                 x = self._restart_point(tracker.x_best)
-                best, failures, step = self.score(x, target), 0, 2
+                (best, target), failures, step = self.score(x, fixed_target), 0, 2
 
     def _restart_point(self, x_best: np.ndarray) -> np.ndarray:
         """The best input so far with a random tenth of its free pixels moved inside the box."""
