@@ -256,6 +256,8 @@ class Layer:
 
         * ±1 inputs: every partial sum is an integer below :math:`2^{24}`, so the float32 product
           is exact; :math:`a - (\theta - \tfrac12)` is never zero and its sign is the decision.
+          (Bit-packed XNOR-popcount with ``np.bitwise_count`` is no faster in numpy: 0.9 to 1.3
+          times this product's time on the zoo's hidden layers, see ``benchmarks/forward.py``.)
         * real inputs (``inp`` possibly rounded from ``inp64``): units whose float32 margin
           :math:`a - \theta` is within the worst-case rounding error (see :meth:`_near_threshold`)
           are recomputed in float64 from ``inp64`` (or ``inp``); on images that is about 0.1 %
