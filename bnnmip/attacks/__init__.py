@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
-from ..network import BNN
+from ..network import BNN, single_threaded_blas
 from .combined import best_attack, iprop_pgd_attack
 from .iprop import iprop_attack
 from .milp import milp_attack
@@ -32,7 +32,9 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r}: expected one of {sorted(METHODS)}")
-    return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, **options)
+    # The attacks multiply small batches; multi-threaded BLAS only adds latency to those.
+    with single_threaded_blas():
+        return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, **options)
 
 
 __all__ = ["METHODS", "AttackResult", "attack", "best_attack", "iprop_attack", "iprop_pgd_attack", "milp_attack",

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends import BACKENDS
 from ..bounds import InputBox, check_eps, check_input, input_box
 from ..errors import InvalidArgumentError
 from ..milp.model import check_time_limit
@@ -202,7 +203,7 @@ def pgd_attack(
     time_limit: float | None = 60.0,
     backend: str | None = "highs",
     levels: int | None = None,
-    restarts: int = 256,
+    restarts: int | None = None,
     steps: int = 100,
     step_size: float | None = None,
     seed: int | None = 0,
@@ -224,7 +225,8 @@ def pgd_attack(
     levels
         The input grid (default: the network's own); iterates are rounded onto it.
     restarts, steps, batch
-        Starts in all, PGD steps per start, and how many starts run together as one batch.
+        Starts in all (default: new starts until the time limit, or 256 without one), PGD steps
+        per start, and how many starts run together as one batch.
     step_size
         The first step α₀ (default ε/4); a cosine decays it to α₀/10, never below one grid step.
     seed
@@ -238,8 +240,12 @@ def pgd_attack(
     """
     t0 = time.perf_counter()
     time_limit = check_time_limit(time_limit)
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):  # unused, but no typos
+        raise InvalidArgumentError(f"backend={backend!r}: expected one of {sorted(BACKENDS)}")
     xf, eps = check_input(net, x), check_eps(eps)
     box = input_box(net, xf, eps, levels)
+    if restarts is None:  # the paper gives every method the same time: restart until it is up
+        restarts = 2**62 if time_limit is not None else 256
     opts = _check_options(box, eps, restarts, steps, batch, step_size)
     rng = _check_seed(seed)
     tracker = Tracker(net, xf, eps, box, target, t0=t0)
@@ -270,7 +276,7 @@ class _Run:
         while self.restarts_started < self.opts.restarts:
             if time.perf_counter() >= self.deadline:
                 return "time"
-            rows = min(self.opts.batch, self.opts.restarts - self.restarts_started)
+            rows = int(min(self.opts.batch, self.opts.restarts - self.restarts_started))
             X, mask = self._starts(rows), self._masks(rows)
             self.restarts_started += rows
             stop = self._ascend(X, mask)

@@ -1,0 +1,198 @@
+r"""The smallest L∞ radius on the input grid that changes the prediction, by a proven-correct search.
+
+On the grid :math:`x = lo + k\,(hi - lo)/L`, radii are whole steps :math:`r \in \{1, \dots, L\}` and the
+boxes are nested, so "some input within radius :math:`r` changes the prediction" is monotone in
+:math:`r`.  Each step of the search decides it for one radius with the untargeted MILP attack
+(:func:`~bnnmip.attacks.milp.milp_attack`): a verified flip proves :math:`r^* \le` its actual
+distance (often below :math:`r`), a solved MILP with every target's bound below zero proves
+:math:`r^* > r`.
+
+Search: radii 1, 2, 4, 8, ... until a flip (doubling: the DESIGN's walk over radii with models
+that stay small, in logarithmically many steps), then bisection between the largest radius
+proven robust and the smallest distance at which a flip was found.  A step that ends 'unknown'
+(time limit) proves nothing; the search then probes below it, and if the budget runs out the
+result reports the bounds it has: ``proven_robust_below <= r* <= found_adversarial_at``.
+The answer is exact when the two meet, which also means radius ``r* - 1`` was proven robust.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..bounds import check_input, check_levels
+from ..errors import InvalidArgumentError
+from ..milp.model import check_time_limit
+from ..network import BNN
+from .milp import milp_attack
+
+_ON_GRID_TOL = 1e-6  # in grid steps
+
+
+@dataclass
+class MinimalEpsResult:
+    """The outcome of :func:`minimal_eps`.
+
+    Radii are in grid steps (``eps = steps * (hi - lo) / levels``).  Every radius below
+    ``proven_robust_below`` was proven robust (radius 0, the clean input, always is); a verified
+    flip ``x_adv`` was found at L∞ distance ``found_adversarial_at`` (None: none found).  ``exact``
+    when they meet: then ``steps`` / ``eps`` is the minimal radius.  When no radius up to the whole
+    input range changes the prediction, ``proven_robust_below = levels + 1`` and ``exact`` is True
+    with ``steps = None``.  ``decisions`` lists (radius, verdict, seconds) for every MILP decision.
+    """
+
+    exact: bool
+    steps: int | None
+    eps: float | None
+    proven_robust_below: int
+    found_adversarial_at: int | None
+    x_adv: np.ndarray | None
+    label: int
+    adv_label: int | None
+    verified: bool
+    levels: int
+    step: float
+    time: float
+    backend: str
+    decisions: list = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def status(self) -> str:
+        """'exact' (the minimal radius is known), 'robust' (no radius flips) or 'bounds'."""
+        if self.exact:
+            return "robust" if self.steps is None else "exact"
+        return "bounds"
+
+    def summary(self) -> str:
+        if self.status == "exact":
+            answer = f"{self.steps} steps = {self.eps:g} (radius {self.steps - 1} proven robust)"
+        elif self.status == "robust":
+            answer = "no radius up to the whole input range changes the prediction"
+        else:
+            upper = "-" if self.found_adversarial_at is None else str(self.found_adversarial_at)
+            answer = f"between {self.proven_robust_below} and {upper} steps (not all decided)"
+        rows = [
+            ("minimal", answer),
+            ("grid", f"{self.levels} levels, step {self.step:g}"),
+            ("label", str(self.label)),
+            ("adv_label", "-" if self.adv_label is None else str(self.adv_label)),
+            ("verified", "yes (onnxruntime)" if self.verified else "no"),
+            ("decisions", ", ".join(f"r={r}: {v}" for r, v, _ in self.decisions) or "-"),
+            ("time", f"{self.time:.2f} s"),
+        ]
+        if self.message:
+            rows.append(("note", self.message))
+        return "\n".join(f"{k:<10} {v}" for k, v in rows)
+
+
+def minimal_eps(net: BNN, x, *, levels: int = 255, time_limit: float | None = 60.0, backend: str = "highs",
+                bounds: str = "interval", threads: int | None = None, solver: str | None = None
+                ) -> MinimalEpsResult:
+    """The smallest L∞ radius on the grid of ``levels`` steps at which some input changes the prediction.
+
+    ``x`` must lie on the grid.  ``time_limit`` (seconds, shared by all steps) bounds the search;
+    see the module docstring for the search and :class:`MinimalEpsResult` for what is reported.
+    """
+    levels = check_levels(levels)
+    if levels is None:
+        raise InvalidArgumentError("levels=None: minimal_eps measures radii in grid steps; give levels")
+    time_limit = check_time_limit(time_limit)
+    xf = check_input(net, x)
+    lo, hi = net.input_range
+    step = (hi - lo) / levels
+    k = (xf - lo) / step
+    if np.abs(k - np.rint(k)).max(initial=0.0) > _ON_GRID_TOL:
+        i = int(np.argmax(np.abs(k - np.rint(k))))
+        raise InvalidArgumentError(f"x: input {i} = {xf[i]!r} is not on the grid of levels={levels}")
+    search = _Search(net, xf, levels, step, time_limit, backend, bounds, threads, solver)
+    return search.run()
+
+
+class _Search:
+    """The state of one search: the bracket [robust, adversarial] and the decisions made."""
+
+    def __init__(self, net, x, levels, step, time_limit, backend, bounds, threads, solver):
+        self.net, self.x, self.levels, self.step = net, x, levels, step
+        self.time_limit, self.backend, self.bounds, self.threads, self.solver = (time_limit, backend, bounds,
+                                                                                 threads, solver)
+        self.t0 = time.perf_counter()
+        self.label = int(net.predict(x)[0])
+        self.robust = 0  # largest radius proven robust
+        self.flip = None  # (radius, x_adv, adv_label, verified) of the closest verified flip
+        self.cap = levels + 1  # the smallest radius left unknown (bisection probes below it)
+        self.decisions = []
+
+    def left(self) -> float:
+        return np.inf if self.time_limit is None else self.time_limit - (time.perf_counter() - self.t0)
+
+    def upper(self) -> int:
+        return self.levels + 1 if self.flip is None else self.flip[0]
+
+    def decide(self, r: int, share: float) -> str:
+        """Run the untargeted MILP at radius ``r`` with ``share`` of the remaining time."""
+        budget = None if self.time_limit is None else max(self.left() * share, 0.0)
+        if budget is not None and budget <= 0.05:
+            return "unknown"
+        result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
+                             levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
+        self.decisions.append((r, result.status, result.time))
+        if result.status == "robust":
+            self.robust = max(self.robust, r)
+        elif result.status == "adversarial":
+            distance = int(np.rint(np.abs(result.x_adv - self.x).max() / self.step))
+            if distance <= self.robust:  # a flip inside a box proven robust: a bnnmip bug, never data
+                raise AssertionError(f"flip at distance {distance} inside radius {self.robust} proven robust")
+            if self.flip is None or distance < self.flip[0]:
+                self.flip = (distance, result.x_adv, result.adv_label, result.verified)
+        else:
+            self.cap = min(self.cap, r)
+        return result.status
+
+    def run(self) -> MinimalEpsResult:
+        self._grow()
+        self._bisect()
+        return self._result()
+
+    def _grow(self) -> None:
+        """Radii 1, 2, 4, ... (then the whole range) until a flip or no time; an unknown step is skipped."""
+        r = 1
+        while self.flip is None and self.left() > 0.05:
+            self.decide(r, 0.5)
+            if r >= self.levels:
+                return
+            r = min(2 * r, self.levels)
+
+    def _bisect(self) -> None:
+        """Halve the undecided radii (robust, min(cap, upper)) until none is left or time runs out.
+
+        A radius left unknown caps the bracket; when it is the only radius left, it is retried once
+        with all the remaining time.
+        """
+        retried = False
+        while self.left() > 0.05 and self.upper() - self.robust > 1:
+            lo, hi = self.robust, min(self.cap, self.upper())
+            if hi - lo <= 1:  # the cap (an unknown radius) is the next undecided radius
+                if retried:
+                    return
+                retried, self.cap = True, self.levels + 1
+                self.decide(lo + 1, 1.0)
+                continue
+            last = hi - lo == 2 and hi == self.upper()
+            self.decide((lo + hi) // 2, 1.0 if last else 0.5)
+
+    def _result(self) -> MinimalEpsResult:
+        upper = None if self.flip is None else self.flip[0]
+        no_flip = self.flip is None and self.robust >= self.levels
+        exact = no_flip or (upper is not None and upper == self.robust + 1)
+        steps = upper if exact and not no_flip else None
+        x_adv, adv_label, verified = (None, None, False) if self.flip is None else self.flip[1:]
+        message = "" if exact else "not every radius was decided within the time limit"
+        return MinimalEpsResult(
+            exact=exact, steps=steps, eps=None if steps is None else steps * self.step,
+            proven_robust_below=self.robust + 1, found_adversarial_at=upper, x_adv=x_adv, label=self.label,
+            adv_label=adv_label, verified=verified, levels=self.levels, step=self.step,
+            time=time.perf_counter() - self.t0, backend=self.backend, decisions=self.decisions, message=message,
+        )
