@@ -10,10 +10,12 @@ IProp replaces the one hard attack MILP by many small layer-local ones.  From th
    :math:`S` changes) maximising the weighted number of layer-:math:`l` units that end where they
    should: targets at their new value (weight :math:`|g_j|` at the top, 1 below), every other unit
    that could move kept where it is (at the top weighted by :math:`|g_j|`, so the top subproblem
-   maximises the true change of :math:`f` over the units it can reach).  The units of
-   :math:`h_{l-1}` that change become the targets of the layer below;
-3. **at the input**: solves the same program over the perturbation (grid steps or continuous
-   values in the box; with input binarization, over the free input bits, then picks pixels);
+   maximises the true change of :math:`f` over the units it can reach; below, weight 1/2).  The
+   units of :math:`h_{l-1}` that change become the targets of the layer below;
+3. **at the input**: finds the perturbation (in the box, within a trust region of S grid steps)
+   that moves layer 1's targets furthest toward their thresholds while every other unit stays
+   put: a linear program of capped progress (see :class:`_InputLp`); with input binarization the
+   bits are chosen by the layer-1 MILP and the pixels follow;
 4. runs the exact forward pass and keeps the new input if :math:`(f, -\mathrm{potential})`
    improves, where the potential sums :math:`|g_j|` times the input changes each disagreeing
    top unit still needs (so plateau moves that bring flips closer are kept).  The step size
@@ -42,6 +44,7 @@ from .result import AttackResult, Tracker
 
 _STEPS = (1, 2, 3, 5, 8, 13)  # the step size S: ±1 input changes, or grid steps per pixel
 _PATIENCE = 32  # failed proposals before a restart
+_SOFT_KEEP = 0.5  # weight of kept units below the top (targets weigh 1)
 _ROUNDING_SIGMAS = 3.0  # pixel rows keep this many standard deviations of the grid-rounding error
 
 
@@ -340,9 +343,13 @@ class _IProp:
             h, a = acts.post[k][0], acts.pre[k][0]
             desired = h.astype(np.float64).copy()
             desired[idx] = 2 * new[changed] - 1
-            hard = np.ones(len(h), bool)  # below the top, every non-target unit keeps its value
-            hard[idx] = False
             weights = np.zeros(len(h))
+            if self.layers.get(k) is not None and self.layers[k].kind == "binary":
+                hard = None  # kept units are soft: a target may cost up to 1/_SOFT_KEEP of them
+                weights[:] = _SOFT_KEEP
+            else:  # the input LP holds every non-target unit where it is
+                hard = np.ones(len(h), bool)
+                hard[idx] = False
             weights[idx] = 1.0
 
     def _solver_for(self, k: int):
