@@ -18,25 +18,28 @@ Constant subgraphs (``Sign`` of a weight initializer, ``Cast`` of int8 weights, 
 ``Constant`` nodes, ...) are folded with numpy first.  Thresholds of layers with ±1 inputs are then
 *calibrated* on onnxruntime: the layer's own nodes (from the linear product to the binarizer) run
 on every integer pre-activation the layer can see, so the integer thresholds reproduce
-onnxruntime's float32 arithmetic exactly, including where ``Sign`` returns 0.
+onnxruntime's float32 arithmetic exactly, including where ``Sign`` returns 0.  Finally the whole
+graph runs in onnxruntime on probe inputs (:func:`_self_check`): a model whose float32 arithmetic
+does not compute what its constants say (overflow, cancellation) is refused, so a model that
+loads is one the onnxruntime judge agrees with.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import ExactnessError, InvalidArgumentError, UnsupportedModelError
 from ..network import BNN, InputBinarization, Layer
-from .onnx_file import read_model, tensor_to_array
-from .runtime import ort_session
+from .onnx_file import MAX_TENSOR_ELEMENTS, read_model, tensor_to_array
+from .runtime import ort_session, tie_inputs
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
 _PASS_THROUGH = {"Identity", "Dropout", "Cast", "Flatten", "Reshape"}
@@ -44,6 +47,7 @@ _AFFINE = {"Add", "Sub", "Mul", "Div", "Neg", "BatchNormalization"}
 _LINEAR = {"MatMul", "Gemm"}
 _COMPARE = {"GreaterOrEqual", "Greater", "Less", "LessOrEqual"}
 _SOFTMAX = {"Softmax", "LogSoftmax"}
+_MIRRORED = {"GreaterOrEqual": "LessOrEqual", "Greater": "Less", "Less": "Greater", "LessOrEqual": "GreaterOrEqual"}
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,10 @@ def load_onnx(path: str | os.PathLike, *, input_range=(0.0, 1.0), levels: int | 
     chain = _Walker(graph).walk()
     layers, binarization = _build_stages(chain, graph)
     origin = OnnxOrigin(
-        str(path), model.SerializeToString(), graph.input_name, graph.input_shape, chain.logits_name, graph.dtype
+        str(path), _any_batch(model).SerializeToString(), graph.input_name, graph.input_shape, chain.logits_name,
+        graph.dtype,
     )
-    return BNN(
+    net = BNN(
         layers=tuple(layers),
         out_weight=chain.out_weight,
         out_bias=chain.out_bias,
@@ -109,6 +114,136 @@ def load_onnx(path: str | os.PathLike, *, input_range=(0.0, 1.0), levels: int | 
         source=str(path),
         origin=origin,
     )
+    _self_check(net, chain, graph)
+    return net
+
+
+def _any_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a symbolic batch dimension on its input and outputs (and no stale value_info).
+
+    The reader only accepts graphs that keep the batch dimension apart (Flatten(axis=1), Reshape
+    with 0 or -1 first), so a graph exported with batch size 1 computes the same per row for any
+    batch, and onnxruntime can judge many inputs in one run.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    return model
+
+
+_U32 = 2.0**-24  # unit roundoff of float32
+_PROBE_ROWS = 64  # random probe inputs, besides the corners and the threshold crossings
+_PROBE_UNITS = 128  # units of a real-valued first stage whose thresholds are probed from both sides
+_PROBE_VALUES = 2**24  # at most this many probe values in all (rows x inputs)
+
+
+def _self_check(net: BNN, chain: _Chain, graph: _Graph) -> None:
+    """Run the original graph in onnxruntime on probe inputs and compare it with bnnmip's reading.
+
+    Integer layers are calibrated on onnxruntime already; a real-valued first stage (a real first
+    layer, or the input binarization) and the output layer are read in float64 arithmetic.  Extreme
+    constants (a batch-norm scale of 3e38, a mean of 1e30) make onnxruntime's float32 overflow or
+    cancel, so the graph no longer computes what its constants say.  This check refuses such a
+    model: the first stage's signs must agree unit by unit (except within float32 rounding of a
+    threshold, probed from both sides), and the logits must agree where the first stage does.
+    """
+    first = net.threshold_stages[0]
+    real_first = not getattr(first, "integer", False)  # InputBinarization, or a real-valued layer 1
+    names = [chain.logits_name] + ([chain.stages[0].output] if real_first else [])
+    model = onnx.load_model_from_string(net.origin.logits_model)
+    declared = {o.name for o in model.graph.output}
+    dtype = helper.np_dtype_to_tensor_dtype(np.dtype(graph.dtype))
+    model.graph.output.extend(helper.make_tensor_value_info(n, dtype, None) for n in names if n not in declared)
+    X = _probe_inputs(net)
+    try:
+        session = ort_session(model.SerializeToString())
+        results = session.run(names, {graph.input_name: X.astype(graph.dtype).reshape((-1,) + graph.input_shape)})
+        theirs = np.asarray(results[0], np.float64).reshape(len(X), -1)
+        bits = np.asarray(results[1], np.float64).reshape(len(X), -1) if real_first else None
+    except Exception as e:  # onnxruntime raises its own exception types
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UnsupportedModelError(f"{graph.path}: onnxruntime cannot run this model ({first_line})") from e
+    if theirs.shape[1] != net.n_classes:
+        raise UnsupportedModelError(
+            f"{graph.path}: onnxruntime gives {theirs.shape[1]} values for the logits {chain.logits_name!r}, "
+            f"bnnmip reads {net.n_classes} classes"
+        )
+    rows = np.ones(len(X), bool)
+    if real_first:
+        rows = _check_first_stage(net, X, bits, graph.where(chain.stages[0].node))
+    rows[tie_inputs(net, X)] = False  # ONNX Sign(0) = 0 where bnnmip reads +1: not a disagreement
+    ours = net.logits(X[rows])
+    theirs = theirs[rows]
+    if not np.isfinite(theirs).all():
+        raise ExactnessError(f"{graph.path}: onnxruntime computes non-finite logits (float32 overflow)")
+    error = np.abs(ours - theirs).max(axis=1, initial=0.0) / np.maximum(1.0, np.abs(theirs).max(axis=1, initial=0.0))
+    if error.max(initial=0.0) > 1e-4:
+        raise ExactnessError(
+            f"{graph.path}: the logits differ from onnxruntime's by {error.max():.3g} (relative) on probe inputs: "
+            "float32 overflow or cancellation in the output layer's constants"
+        )
+
+
+def _first_stage_tolerance(net: BNN) -> np.ndarray:
+    """Per unit of the first stage: how far from its threshold float32 rounding may decide differently."""
+    first = net.threshold_stages[0]
+    theta = np.where(np.isfinite(first.threshold), np.abs(first.threshold), 0.0)
+    reach = max(abs(net.input_range[0]), abs(net.input_range[1]))
+    if isinstance(first, InputBinarization):
+        return 64 * _U32 * (1.0 + theta + reach)
+    weight = np.abs(first.weight.astype(np.float64))
+    return 8 * (first.fan_in + 2) * _U32 * (weight.sum(axis=1) * reach + theta + 1.0)
+
+
+def _probe_inputs(net: BNN) -> np.ndarray:
+    """Corners, random points, and points just either side of first-stage thresholds."""
+    rng = np.random.default_rng(0)
+    lo, hi = net.input_range
+    n = net.n_inputs
+    rows = max(8, min(_PROBE_ROWS, _PROBE_VALUES // n))
+    X = [np.full((1, n), lo), np.full((1, n), hi), np.full((1, n), (lo + hi) / 2), rng.uniform(lo, hi, (rows, n))]
+    first = net.threshold_stages[0]
+    if not getattr(first, "integer", False):
+        finite = np.flatnonzero(np.isfinite(first.threshold))
+        tol = _first_stage_tolerance(net)
+        if isinstance(first, InputBinarization):  # thresholds of the pixels themselves, from both sides
+            raw = np.zeros(n)
+            raw[finite] = (first.threshold * first.direction)[finite]
+            for side in (-1.0, 1.0):
+                X.append(np.clip(raw + side * first.direction * 4 * tol, lo, hi)[None, :])
+        else:
+            units = finite[: max(1, min(_PROBE_UNITS, _PROBE_VALUES // (2 * n)))] if len(finite) else finite
+            W = first.weight.astype(np.float64)
+            for side in (-1.0, 1.0):
+                start = rng.uniform(lo, hi, (len(units), n))
+                w = W[units]
+                goal = first.threshold[units] + side * 4 * tol[units]
+                step = (goal - np.einsum("ij,ij->i", start, w)) / np.maximum((w * w).sum(axis=1), 1e-300)
+                X.append(np.clip(start + step[:, None] * w, lo, hi))
+    return np.concatenate(X)
+
+
+def _check_first_stage(net: BNN, X: np.ndarray, bits: np.ndarray, where: str) -> np.ndarray:
+    """Refuse a first stage that onnxruntime does not compute as thresholds; rows where all units agree."""
+    first = net.threshold_stages[0]
+    acts = net.forward(X)
+    pre, ours = acts.pre[0], acts.post[0]
+    if bits.shape != ours.shape:
+        raise UnsupportedModelError(f"{where}: onnxruntime gives shape {bits.shape} for the layer, not {ours.shape}")
+    clear = np.abs(pre - first.threshold) > _first_stage_tolerance(net)
+    bad = (bits != ours) & clear
+    if bad.any():
+        i, j = (int(v[0]) for v in np.nonzero(bad))
+        raise ExactnessError(
+            f"{where}: unit {j}: onnxruntime computes {bits[i, j]:+g} at pre-activation {pre[i, j]:.6g}, but the "
+            f"threshold {first.threshold[j]:.6g} bnnmip reads from the constants says {int(ours[i, j]):+d}: "
+            "float32 overflow or cancellation in the layer's constants"
+        )
+    return (bits == ours).all(axis=1)
 
 
 def _checked_range(input_range) -> tuple[float, float]:
@@ -130,6 +265,7 @@ class _Graph:
         g = model.graph
         self.opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
         self._values = {t.name: tensor_to_array(t) for t in g.initializer}
+        self._not_const: set[str] = set()
         self.producer = {out: node for node in g.node for out in node.output if out}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in g.node:
@@ -163,26 +299,48 @@ class _Graph:
         return f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type})"
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is a constant (folding constant subgraphs), else None."""
-        if name in self._values:
-            return self._values[name]
-        node = self.producer.get(name)
-        if node is None:
-            return None
-        inputs = [self.const(i) if i else None for i in node.input]
-        if any(v is None for v, i in zip(inputs, node.input) if i):
-            return None
+        """The value of ``name`` if it is a constant (folding constant subgraphs), else None.
+
+        Folds iteratively (depth-first with an explicit stack), so a long chain of constant nodes
+        cannot exhaust Python's recursion limit.
+        """
+        if name in self._values or name in self._not_const:
+            return self._values.get(name)
+        stack = [name]
+        while stack:
+            top = stack[-1]
+            if top in self._values or top in self._not_const:
+                stack.pop()
+                continue
+            node = self.producer.get(top)
+            if node is None:
+                self._not_const.add(top)
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in self._values and i not in self._not_const]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if any(i in self._not_const for i in node.input if i):
+                self._not_const.update(o for o in node.output if o)
+                continue
+            self._fold_node(node)
+        return self._values.get(name)
+
+    def _fold_node(self, node: onnx.NodeProto) -> None:
+        inputs = [self._values[i] if i else None for i in node.input]
         try:
             outputs = _fold(node, inputs, self.opset)
-        except UnsupportedModelError:
-            raise
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"{self.where(node)}: {e}") from e
         except Exception as e:  # numpy raises many kinds of errors on inconsistent constants
             raise UnsupportedModelError(f"{self.where(node)}: cannot fold constant inputs ({e})") from e
-        for out, value in zip(node.output, outputs):
-            if np.size(value) > 64 * 2**20:
+        for out, value in zip(node.output, outputs, strict=False):
+            if np.size(value) > MAX_TENSOR_ELEMENTS:
                 raise UnsupportedModelError(f"{self.where(node)}: constant {out!r} is too large")
-            self._values[out] = value
-        return self._values.get(name)
+            self._values[out] = np.asarray(value)
+        self._not_const.update(o for o in node.output[len(outputs):] if o)
 
     def need_const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray:
         value = self.const(node.input[index]) if index < len(node.input) and node.input[index] else None
@@ -207,7 +365,7 @@ def _fold(node: onnx.NodeProto, x: list, opset: int) -> list[np.ndarray]:
                            ("value_int", np.int64), ("value_ints", np.int64)):
             if key in at:
                 return [np.asarray(at[key], dtype)]
-        raise UnsupportedModelError(f"Constant node {node.output[0]!r}: unsupported value kind {list(at)}")
+        raise UnsupportedModelError(f"unsupported Constant value kind {list(at)}")
     unary = {
         "Identity": lambda v: v, "Sign": np.sign, "Neg": np.negative, "Abs": np.abs,
         "Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Not": np.logical_not,
@@ -216,6 +374,8 @@ def _fold(node: onnx.NodeProto, x: list, opset: int) -> list[np.ndarray]:
         "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "GreaterOrEqual": np.greater_equal,
         "Greater": np.greater, "Less": np.less, "LessOrEqual": np.less_equal, "Equal": np.equal,
     }
+    if op in binary or op in ("Div", "Where"):
+        _check_broadcast(x[:3 if op == "Where" else 2])
     if op in unary:
         return [unary[op](x[0])]
     if op in binary:
@@ -242,6 +402,13 @@ def _fold(node: onnx.NodeProto, x: list, opset: int) -> list[np.ndarray]:
             out = np.expand_dims(out, a)
         return [out]
     raise UnsupportedModelError(f"op {op} on constant inputs is not supported")
+
+
+def _check_broadcast(operands: list) -> None:
+    """Refuse a broadcast whose result would be huge, before numpy allocates it."""
+    shape = np.broadcast_shapes(*(np.shape(v) for v in operands))
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise UnsupportedModelError(f"broadcasting constants to shape {shape} is over bnnmip's size limit")
 
 
 def _reshape_target(shape: tuple, spec, allowzero: int) -> tuple:
@@ -312,7 +479,9 @@ class _Walker:
 
     def finish(self, tensor: str) -> _Chain:
         if tensor not in self.g.outputs:
-            raise UnsupportedModelError(f"{self.g.path}: the layer chain ends at {tensor!r}, which is not a graph output")
+            raise UnsupportedModelError(
+                f"{self.g.path}: the layer chain ends at {tensor!r}, which is not a graph output"
+            )
         if self.kind == "bits":
             raise UnsupportedModelError(
                 f"{self.g.path}: output layer missing: the graph ends with binarized values ({tensor!r})"
@@ -380,18 +549,28 @@ class _Walker:
                 raise UnsupportedModelError(
                     f"{self.g.where(node)}: target shape {spec} must keep the batch dimension (0 or -1 first)"
                 )
-            rest = [self.shape[i - 1] if s == 0 and i - 1 < len(self.shape) else s for i, s in enumerate(spec)][1:]
-            if -1 in rest:
-                known = int(np.prod([s for s in rest if s != -1]))
-                rest = [n // known if s == -1 else s for s in rest]
-            new = tuple(rest)
-            if int(np.prod(new)) != n:
-                raise UnsupportedModelError(f"{self.g.where(node)}: reshaping {n} features to {spec}")
+            new = self._reshape_features(node, spec, n, bool(at.get("allowzero", 0)))
         if self.kind != "raw" and self.kind != "bits" and new != self.shape:
             raise UnsupportedModelError(f"{self.g.where(node)}: reshaping a layer's output to {new}")
         if self.kind == "raw":
             self.alpha, self.beta = self.alpha.reshape(new), self.beta.reshape(new)
         self.shape = new
+
+    def _reshape_features(self, node: onnx.NodeProto, spec: list[int], n: int, allowzero: bool) -> tuple[int, ...]:
+        """The feature shape (without the batch) that Reshape(spec) gives ``n`` features of ``self.shape``."""
+        rest = []
+        for i, s in enumerate(spec[1:], start=1):
+            if s == 0 and not allowzero:
+                s = self.shape[i - 1] if i - 1 < len(self.shape) else -2  # -2: refused below
+            rest.append(s)
+        bad = any(s < -1 for s in rest) or rest.count(-1) > 1
+        if not bad and -1 in rest:
+            known = math.prod(s for s in rest if s != -1)
+            bad = known <= 0 or n % known != 0
+            rest = [n // known if s == -1 and not bad else s for s in rest]
+        if bad or math.prod(rest) != n or any(s <= 0 for s in rest):
+            raise UnsupportedModelError(f"{self.g.where(node)}: reshaping {n} features to {spec}")
+        return tuple(rest)
 
     def _broadcast(self, node: onnx.NodeProto, value: np.ndarray, what: str) -> np.ndarray:
         value = np.asarray(value, np.float64)
@@ -540,7 +719,7 @@ class _Walker:
         self.beta = self.beta - c0  # compare y - c0 with 0
         op = node.op_type
         if main == 1:  # c0 OP y  is  y OP' c0
-            op = {"GreaterOrEqual": "LessOrEqual", "Greater": "Less", "Less": "Greater", "LessOrEqual": "GreaterOrEqual"}[op]
+            op = _MIRRORED[op]
         users = self.g.consumers.get(node.output[0], [])
         if len(users) != 1 or users[0].op_type != "Where" or users[0].input[0] != node.output[0]:
             raise UnsupportedModelError(f"{self.g.where(node)}: a comparison must feed Where(cond, 1, -1) only")
@@ -597,7 +776,12 @@ def _build_stages(chain: _Chain, graph: _Graph) -> tuple[list[Layer], InputBinar
             if np.all(np.abs(weight) == 1):
                 weight = weight.astype(np.int8)
             layers.append(Layer(weight, threshold, np.abs(stage.alpha), integer=False))
-    for prev, layer in zip([binarization] + layers, layers):
+    for stage in chain.stages:
+        if not (np.isfinite(stage.alpha).all() and np.isfinite(stage.beta).all()):
+            raise UnsupportedModelError(f"{graph.where(stage.node)}: the folded scale or shift overflows float64")
+    if not (np.isfinite(chain.out_weight).all() and np.isfinite(chain.out_bias).all()):
+        raise UnsupportedModelError(f"{graph.path}: the output layer's folded weights or bias overflow float64")
+    for prev, layer in zip([binarization] + layers, layers, strict=False):
         width = prev.width if prev is not None else graph.input_shape
         if prev is not None and layer.fan_in != width:
             raise UnsupportedModelError(f"{graph.path}: a layer of fan-in {layer.fan_in} follows {width} units")

@@ -1,0 +1,80 @@
+"""Soundness on a sample of random tiny BNNs (issue 7): no fake adversarial, no false certificate.
+
+The checks are those of ``benchmarks/soundness.py`` (which runs 1,000+ networks): every method and
+backend attacks each network; grid boxes are enumerated exhaustively and continuous ones sampled
+densely, in bnnmip's exact forward pass and in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "soundness.py"
+_spec = importlib.util.spec_from_file_location("bnnmip_soundness_benchmark", _PATH)
+soundness = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = soundness
+_spec.loader.exec_module(soundness)
+
+TIME_LIMIT = 0.5  # the networks are tiny: the MILP solves them in milliseconds
+
+
+SAMPLES = {"grid_bruteforce": (True, range(30)), "continuous_sampling": (False, range(10**6, 10**6 + 10))}
+# Crashes seen in the 1,000-network sweep, in files this suite does not own (see the issue-7 report).
+KNOWN_CRASHES = {
+    "an attack produced an input outside its perturbation box": "IProp proposes off-grid pixels when the first "
+    "layer has real weights on a grid box (attacks/iprop.py, _IProp._pixels)",
+    "margin=inf": "an infinite threshold (a γ = 0 unit) makes the retry margin infinite (attacks/milp.py, "
+    "_retry_with_margin; also the margin in attacks/iprop.py)",
+}
+
+
+@pytest.fixture(scope="module", params=list(SAMPLES))
+def sample(request):
+    grid, seeds = SAMPLES[request.param]
+    tally = soundness.Tally()
+    for seed in seeds:
+        tally.merge(soundness.check_network(seed, grid, TIME_LIMIT))
+    return request.param, tally
+
+
+def test_sample_of_random_networks_is_sound(sample):
+    """No fake adversarial example, no false certificate, no disagreement between the two judges."""
+    name, tally = sample
+    report = soundness.report(name, tally)
+    assert [v for v in tally.violations if ": crash: " not in v] == [], report
+    assert tally.judge_disagreements == 0, report
+    # The sample must exercise both verdicts the checks are about.
+    assert sum(n for (run, status), n in tally.verdicts.items() if status == "adversarial") > 0, report
+    assert sum(n for (run, status), n in tally.verdicts.items() if status == "robust") > 0, report
+
+
+def test_sample_of_random_networks_never_crashes(sample):
+    name, tally = sample
+    crashes = [v for v in tally.violations if ": crash: " in v]
+    unknown = [v for v in crashes if not any(k in v for k in KNOWN_CRASHES)]
+    assert unknown == [], soundness.report(name, tally)
+    if crashes:
+        pytest.xfail("; ".join(sorted({r for k, r in KNOWN_CRASHES.items() if any(k in v for v in crashes)})))
+
+
+def test_the_checks_catch_a_fake_adversarial_and_a_false_certificate(tmp_path):
+    """The checker itself: a forged 'adversarial' (the clean input) and a forged 'robust' are caught."""
+    inst = next(i for seed in range(50) for i in soundness.make_instances(seed, tmp_path, True)
+                if i.target is None and soundness.truth(i)[1].flips(i)[0])
+    _, truth = soundness.truth(inst)
+    result = soundness.attack(inst.net, inst.x, inst.eps, method="milp", time_limit=5)
+    assert result.status == "adversarial"
+    assert soundness.check_result(inst, "milp/highs", "milp", result, truth) == []
+    result.x_adv, result.verified = inst.x.copy(), True
+    assert any("fake adversarial" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
+    result.x_adv = np.clip(inst.x + 2 * inst.eps + 0.01, -1, 2)
+    assert any("outside the box" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
+    result.status, result.x_adv = "robust", None
+    assert any("false certificate" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
+    result.status = "robust"
+    assert any("cannot prove" in v for v in soundness.check_result(inst, "forged", "pgd", result, truth))
