@@ -2,8 +2,14 @@
 
 Load a BNN from ONNX with :func:`load_onnx`; its exact forward pass is checked against
 onnxruntime by :func:`check_onnx`; :func:`interval_bounds` gives the big-M constants.
+:func:`attack` attacks one input (``method`` one of :data:`METHODS`; 'milp' is exact and can prove
+robustness), :func:`minimal_eps` finds the smallest grid radius that changes the prediction, and
+:func:`attack_milp` gives the attack MILP itself as a :class:`MilpModel` (solve it, hand it to
+HiGHS / SCIP / CVXPY, or write it as MPS / LP).
 """
 
+from .attacks import METHODS, AttackResult, attack
+from .attacks.minimal_eps import MinimalEpsResult, minimal_eps
 from .bounds import LayerBounds, interval_bounds
 from .errors import (
     BnnmipError,
@@ -17,11 +23,15 @@ from .errors import (
 from .io import datasets
 from .io.onnx_reader import load_onnx
 from .io.runtime import OnnxCheck, check_onnx, onnx_logits
+from .milp.formulation import attack_milp
+from .milp.model import MilpModel, MilpSolution
 from .network import BNN, InputBinarization, Layer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
+    "AttackResult",
     "BNN",
     "BnnmipError",
     "DatasetNotFoundError",
@@ -30,13 +40,19 @@ __all__ = [
     "InvalidArgumentError",
     "Layer",
     "LayerBounds",
+    "MilpModel",
+    "MilpSolution",
+    "MinimalEpsResult",
     "ModelFileError",
     "OnnxCheck",
     "SolverError",
     "UnsupportedModelError",
+    "attack",
+    "attack_milp",
     "check_onnx",
     "datasets",
     "interval_bounds",
     "load_onnx",
+    "minimal_eps",
     "onnx_logits",
 ]

@@ -8,10 +8,12 @@ distance (often below :math:`r`), a solved MILP with every target's bound below 
 :math:`r^* > r`.
 
 Search: radii 1, 2, 4, 8, ... until a flip (doubling: the DESIGN's walk over radii with models
-that stay small, in logarithmically many steps), then bisection between the largest radius
-proven robust and the smallest distance at which a flip was found.  A step that ends 'unknown'
-(time limit) proves nothing; the search then probes below it, and if the budget runs out the
-result reports the bounds it has: ``proven_robust_below <= r* <= found_adversarial_at``.
+that stay small, in logarithmically many steps; each step gets a quarter of the remaining time,
+and a step the MILP leaves undecided gets a short PGD run, whose verified flip is as good an upper
+bound as the MILP's), then bisection between the largest radius proven robust and the smallest
+distance at which a flip was found (half the remaining time per step, all of it for the last).
+A step that ends 'unknown' (time limit) proves nothing; the search then probes below it, and if
+the budget runs out the result reports the bounds it has: ``proven_robust_below <= r* <= found_adversarial_at``.
 The answer is exact when the two meet, which also means radius ``r* - 1`` was proven robust.
 """
 
@@ -27,8 +29,10 @@ from ..errors import InvalidArgumentError
 from ..milp.model import check_time_limit
 from ..network import BNN
 from .milp import milp_attack
+from .pgd import pgd_attack
 
 _ON_GRID_TOL = 1e-6  # in grid steps
+_PGD_SECONDS = 2.0  # at most, after an undecided MILP while growing: a flip found bounds the radius
 
 
 @dataclass
@@ -40,7 +44,7 @@ class MinimalEpsResult:
     flip ``x_adv`` was found at L∞ distance ``found_adversarial_at`` (None: none found).  ``exact``
     when they meet: then ``steps`` / ``eps`` is the minimal radius.  When no radius up to the whole
     input range changes the prediction, ``proven_robust_below = levels + 1`` and ``exact`` is True
-    with ``steps = None``.  ``decisions`` lists (radius, verdict, seconds) for every MILP decision.
+    with ``steps = None``.  ``decisions`` lists (radius, verdict, seconds) for every MILP decision (and PGD run).
     """
 
     exact: bool
@@ -131,14 +135,23 @@ class _Search:
     def upper(self) -> int:
         return self.levels + 1 if self.flip is None else self.flip[0]
 
-    def decide(self, r: int, share: float) -> str:
-        """Run the untargeted MILP at radius ``r`` with ``share`` of the remaining time."""
+    def decide(self, r: int, share: float, heuristic: bool = False) -> str:
+        """Run the untargeted MILP at radius ``r`` with ``share`` of the remaining time.
+
+        With ``heuristic``, an undecided MILP is followed by a short PGD run, which may still find
+        a (verified) flip and so an upper bound.
+        """
         budget = None if self.time_limit is None else max(self.left() * share, 0.0)
         if budget is not None and budget <= 0.05:
             return "unknown"
         result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
                              levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
         self.decisions.append((r, result.status, result.time))
+        if result.status == "unknown" and heuristic:
+            quick = min(_PGD_SECONDS, 0.1 * self.left())
+            if quick > 0.05:
+                result = pgd_attack(self.net, self.x, r * self.step, time_limit=quick, levels=self.levels)
+                self.decisions.append((r, f"pgd: {result.status}", result.time))
         if result.status == "robust":
             self.robust = max(self.robust, r)
         elif result.status == "adversarial":
@@ -160,7 +173,7 @@ class _Search:
         """Radii 1, 2, 4, ... (then the whole range) until a flip or no time; an unknown step is skipped."""
         r = 1
         while self.flip is None and self.left() > 0.05:
-            self.decide(r, 0.5)
+            self.decide(r, 0.25, heuristic=True)
             if r >= self.levels:
                 return
             r = min(2 * r, self.levels)

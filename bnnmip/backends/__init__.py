@@ -17,7 +17,7 @@ BACKENDS = {"highs": ("highs", "highspy"), "scip": ("scip", "pyscipopt"), "cvxpy
 
 def get_backend(name: str):
     """The backend module called ``name``; raises a clear error if unknown or not installed."""
-    if name not in BACKENDS:
+    if not isinstance(name, str) or name not in BACKENDS:
         raise InvalidArgumentError(f"backend={name!r}: expected one of {sorted(BACKENDS)}")
     module, package = BACKENDS[name]
     try:

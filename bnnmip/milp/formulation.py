@@ -7,7 +7,8 @@ binaries of free units:
     \max\ (A_t - A_c) \cdot h_D + (c_t - c_c) \quad \text{s.t. for every free unit } j
     \text{ of every layer, with } s_j \text{ its pre-activation over the free inputs:} \\
     s_j + (L'_j - \theta'_j - m)\, b_j \ge L'_j \qquad (b_j = 1 \Rightarrow s_j \ge \theta'_j + m) \\
-    s_j - (U'_j - \theta'_j + \delta)\, b_j \le \theta'_j - \delta \qquad (b_j = 0 \Rightarrow s_j \le \theta'_j - \delta)
+    s_j - (U'_j - \theta'_j + \delta)\, b_j \le \theta'_j - \delta
+    \qquad (b_j = 0 \Rightarrow s_j \le \theta'_j - \delta)
 
 The rows are written over :math:`s_j = \sum_{i\ \mathrm{free}} w_{ji} v_i`, with the fixed inputs
 folded into the threshold :math:`\theta'_j`:
@@ -108,7 +109,8 @@ def pixels_with_bits(net: BNN, box: InputBox, base: np.ndarray, pixels: np.ndarr
     """For each pixel, the value in the box nearest to ``base`` whose input bit is ``want_on``.
 
     The bits must be free in the box (both values reachable).  On a grid the nearest grid point
-    is chosen; continuous, a pixel that must change steps just past its threshold.
+    is chosen; continuous, a pixel that must change steps just past its threshold (by ``margin``,
+    at least 1e-6 of the input range).
     """
     ib = net.input_binarization
     d, theta = ib.direction[pixels].astype(np.float64), ib.threshold[pixels]
@@ -125,7 +127,9 @@ def pixels_with_bits(net: BNN, box: InputBox, base: np.ndarray, pixels: np.ndarr
     t = theta * d  # raw threshold
     on_now = d * base >= theta
     gap = max(margin, 1e-6 * (box.upper.max() - box.lower.min() + 1))
-    target = np.where(want_on, t, t - d * gap)
+    # Step past the threshold on either side: a pixel exactly on it is on in exact arithmetic but
+    # may be off in onnxruntime's float32 batch norm.
+    target = np.where(want_on, t + d * gap, t - d * gap)
     x = np.where(on_now == want_on, base, target)
     return np.clip(x, box.lower[pixels], box.upper[pixels])
 
@@ -224,12 +228,16 @@ def snap_to_box(net: BNN, x: np.ndarray, box: InputBox) -> np.ndarray:
 
 
 class ModelBuilder:
-    """Accumulates columns and COO rows, stage by stage."""
+    """Accumulates columns and rows, stage by stage, as CSR pieces (rows are only ever appended).
+
+    Unit rows are laid out directly in CSR order (their columns are sorted: inputs first, then
+    the unit's own binary, which is always added later), so :meth:`model` only concatenates.
+    """
 
     def __init__(self):
         self.lower, self.upper, self.integer = [], [], []
         self.col_stage, self.col_index = [], []
-        self.rows, self.cols, self.vals = [], [], []
+        self.counts, self.indices, self.values = [], [], []  # per row block: nonzeros per row, CSR arrays
         self.row_lower, self.row_upper, self.row_names = [], [], []
         self.n_cols = self.n_rows = 0
 
@@ -245,33 +253,53 @@ class ModelBuilder:
         return cols
 
     def add_unit_rows(self, name: str, units, coef, in_cols, unit_cols, L, U, theta, delta, margin):
-        """The two big-M rows of each free unit: ``coef`` (m_f, p) over ``in_cols``."""
+        """The two big-M rows of each free unit: ``coef`` (m_f, p) over ``in_cols``.
+
+        Row ``on_j``: ``coef_j · v + (L_j - theta_j - margin) b_j >= L_j``; row ``off_j``:
+        ``coef_j · v - (U_j - theta_j + delta) b_j <= theta_j - delta`` (the unit's entry is kept
+        even when zero, so sessions can change it).
+        """
         m = len(units)
         if m == 0:
             return
-        r_on = self.n_rows + np.arange(m)
-        r_off = r_on + m
-        nz_r, nz_c = np.nonzero(coef)
-        values = coef[nz_r, nz_c]
-        for r in (r_on, r_off):
-            self.rows.append(r[nz_r])
-            self.cols.append(in_cols[nz_c])
-            self.vals.append(values)
-        self.rows += [r_on, r_off]
-        self.cols += [unit_cols, unit_cols]
-        self.vals += [L - theta - margin, -(U - theta + delta)]
+        coef = np.asarray(coef, np.float64)
+        in_cols, unit_cols = np.asarray(in_cols, np.int64), np.asarray(unit_cols, np.int64)
+        order = np.argsort(in_cols, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            in_cols, coef = in_cols[order], coef[:, order]
+        if len(in_cols) and in_cols[-1] >= unit_cols.min():
+            raise AssertionError("add_unit_rows: a unit's own column must come after its inputs")
+        keep = np.ones((m, coef.shape[1] + 1), bool)
+        keep[:, :-1] = coef != 0
+        cols = np.empty(keep.shape, np.int64)
+        cols[:, :-1], cols[:, -1] = in_cols, unit_cols
+        indices, counts = cols[keep], keep.sum(axis=1)
+        for last in (L - theta - margin, -(U - theta + delta)):
+            vals = np.empty(keep.shape)
+            vals[:, :-1], vals[:, -1] = coef, last
+            self._append(counts, indices, vals[keep])
         inf = np.full(m, np.inf)
-        self.row_lower += [L, -inf]
-        self.row_upper += [inf, theta - delta]
+        self.row_lower += [np.asarray(L, np.float64), -inf]
+        self.row_upper += [inf, np.asarray(theta - delta, np.float64)]
         self.row_names += [f"on_{name}_{j}" for j in units] + [f"off_{name}_{j}" for j in units]
         self.n_rows += 2 * m
+
+    def _append(self, counts, indices, values) -> None:
+        self.counts.append(np.asarray(counts, np.int64))
+        self.indices.append(np.asarray(indices, np.int64))
+        self.values.append(np.asarray(values, np.float64))
+
+    def _append_coo(self, n: int, rows, cols, values) -> None:
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        block = sp.csr_matrix((np.asarray(values, np.float64), (rows, cols)),
+                              shape=(n, max(self.n_cols, int(cols.max(initial=-1)) + 1)))
+        block.sum_duplicates()
+        self._append(np.diff(block.indptr), block.indices, block.data)
 
     def add_block(self, rows, cols, values, lower, upper, name: str) -> np.ndarray:
         """Rows from COO entries (``rows`` numbered from 0 within the block); returns their indices."""
         n = len(lower)
-        self.rows.append(self.n_rows + np.asarray(rows))
-        self.cols.append(np.asarray(cols))
-        self.vals.append(np.asarray(values, np.float64))
+        self._append_coo(n, rows, cols, values)
         self.row_lower.append(np.asarray(lower, np.float64))
         self.row_upper.append(np.asarray(upper, np.float64))
         self.row_names += [f"{name}_{i}" for i in range(n)]
@@ -280,21 +308,22 @@ class ModelBuilder:
 
     def add_row(self, cols, values, lower: float, upper: float, name: str) -> int:
         """One extra row; returns its index."""
-        self.rows.append(np.full(len(cols), self.n_rows))
-        self.cols.append(np.asarray(cols))
-        self.vals.append(np.asarray(values, np.float64))
-        self.row_lower.append(np.array([lower]))
-        self.row_upper.append(np.array([upper]))
+        self._append_coo(1, np.zeros(len(cols), np.int64), cols, values)
+        self.row_lower.append(np.array([lower], np.float64))
+        self.row_upper.append(np.array([upper], np.float64))
         self.row_names.append(name)
         self.n_rows += 1
         return self.n_rows - 1
 
     def model(self, objective, offset, stage_names, name) -> MilpModel:
-        cat = lambda parts, dtype=np.float64: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-        A = sp.csr_matrix(
-            (cat(self.vals), (cat(self.rows, np.int64), cat(self.cols, np.int64))), shape=(self.n_rows, self.n_cols)
-        )
-        A.sum_duplicates()
+        def cat(parts, dtype=np.float64):
+            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+        index = np.int32 if max(self.n_cols, 1) < 2**31 - 1 else np.int64
+        indptr = np.zeros(self.n_rows + 1, np.int64)
+        np.cumsum(cat(self.counts, np.int64), out=indptr[1:])
+        A = sp.csr_matrix((cat(self.values), cat(self.indices, index), indptr.astype(index)),
+                          shape=(self.n_rows, self.n_cols))
         return MilpModel(
             col_lower=cat(self.lower), col_upper=cat(self.upper), integrality=cat(self.integer, bool), A=A,
             row_lower=cat(self.row_lower), row_upper=cat(self.row_upper), objective=objective,

@@ -36,7 +36,9 @@ class ColumnMap:
         return self.index[cols], cols
 
     def names(self) -> list[str]:
-        prefix = ["x"] + list(self.stage_names)
+        """``x_<pixel>`` and ``<stage name>_<unit>`` (``s<k>_<unit>`` for a stage without a name)."""
+        n_stages = int(self.stage.max(initial=-1)) + 1
+        prefix = ["x"] + [self.stage_names[k] if k < len(self.stage_names) else f"s{k}" for k in range(n_stages)]
         return [f"{prefix[s + 1]}_{i}" for s, i in zip(self.stage.tolist(), self.index.tolist())]
 
 
@@ -175,6 +177,7 @@ class MilpModel:
         """
         from ..backends import get_backend
 
+        t0 = time.perf_counter()  # the limit counts everything from here: imports, model build, solve
         check_time_limit(time_limit)
         impl = get_backend(backend)
         if self.num_cols == 0:  # everything fixed: the objective is a constant
@@ -184,7 +187,6 @@ class MilpModel:
             start = np.asarray(start, np.float64)
             if start.shape != (self.num_cols,):
                 raise InvalidArgumentError(f"start: expected {self.num_cols} values, got shape {start.shape}")
-        t0 = time.perf_counter()
         return impl.solve(self, time_limit=time_limit, threads=threads, verbose=verbose, solver=solver,
                           start=start, on_incumbent=on_incumbent, t0=t0, mip_gap=mip_gap)
 
@@ -195,7 +197,8 @@ class MilpModel:
         return highs.build(self)
 
     def to_scip(self):
-        """A ``pyscipopt.Model`` holding this model; its variables are in column order."""
+        """A ``pyscipopt.Model`` holding this model; variable and constraint names are :meth:`col_names`
+        and :meth:`rows_names` (SCIP's ``getVars()`` lists binaries first)."""
         from ..backends import scip
 
         return scip.build(self)[0]
@@ -211,6 +214,14 @@ class MilpModel:
         from .writer import write_model
 
         return write_model(self, path)
+
+
+def remaining_time(time_limit: float | None, t0: float) -> float | None:
+    """What is left of ``time_limit`` seconds counted from ``t0`` (``time.perf_counter()``); None: no limit.
+
+    Backends hand the solver only this, so building the solver's model counts against the limit.
+    """
+    return None if time_limit is None else float(time_limit) - (time.perf_counter() - t0)
 
 
 def check_time_limit(time_limit) -> float | None:

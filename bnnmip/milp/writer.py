@@ -124,7 +124,8 @@ def _lp(model: MilpModel) -> str:
         if not np.isfinite(lo) and not np.isfinite(hi):
             out.append(f" {name} free")
         else:
-            out.append(f" {_num(lo) if np.isfinite(lo) else '-inf'} <= {name} <= {_num(hi) if np.isfinite(hi) else '+inf'}")
+            lo_text, hi_text = (_num(lo) if np.isfinite(lo) else "-inf"), (_num(hi) if np.isfinite(hi) else "+inf")
+            out.append(f" {lo_text} <= {name} <= {hi_text}")
     out.append(f" {const} = 1")
     general = [cols[i] for i in np.flatnonzero(model.integrality & ~((model.col_lower == 0) & (model.col_upper == 1)))]
     binary = [cols[i] for i in np.flatnonzero(model.integrality & (model.col_lower == 0) & (model.col_upper == 1))]
