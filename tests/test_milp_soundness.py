@@ -1,0 +1,88 @@
+"""The exact attack against brute force on 200 tiny random BNNs (real solvers, onnxruntime).
+
+For every network the truth is enumerated over the whole input grid (tests/milp_nets.py).  At the
+minimal flip radius r* the attack must say 'adversarial' with an onnxruntime-verified input, at
+r* - 1 (or, with no flip anywhere, over the whole range) it must say 'robust'; ``minimal_eps`` must
+find r* exactly; and one targeted MILP's optimum must equal the brute-force maximum of
+logit[t] - logit[label].  HiGHS and SCIP run on every network, CVXPY on a subset, so no backend
+can disagree with the truth or with another.  On continuous inputs (no grid), every 'robust'
+verdict is checked against dense sampling and every adversarial input against onnxruntime.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from milp_nets import cached_case, check_attacks, check_minimal_eps, check_optimum, continuous_case
+
+from bnnmip import attack
+from bnnmip.io.runtime import onnx_logits
+
+N_NETS = 200
+CVXPY_NETS = range(0, N_NETS, 16)  # 13 networks
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_nets")
+
+
+@pytest.mark.parametrize("backend", ["highs", "scip"])
+@pytest.mark.parametrize("seed", range(N_NETS))
+def test_attack_matches_brute_force(seed, backend, folder):
+    c = cached_case(seed)
+    check_attacks(c, backend)
+    check_minimal_eps(c, backend)
+    check_optimum(c, backend)
+
+
+@pytest.mark.parametrize("solver", ["HIGHS", "SCIP"])
+@pytest.mark.parametrize("seed", CVXPY_NETS)
+def test_cvxpy_matches_brute_force(seed, solver, folder):
+    c = cached_case(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_optimum(c, "cvxpy", solver)
+        if solver == "HIGHS":
+            check_attacks(c, "cvxpy")
+
+
+def test_the_nets_cover_the_cases(folder):
+    """The generator really produces every kind of network and both answers."""
+    cases = [cached_case(seed) for seed in range(N_NETS)]
+    ib = sum(c.net.input_binarization is not None for c in cases)
+    real = sum(c.net.input_binarization is None and not c.net.layers[0].binary_weights for c in cases)
+    no_flip = sum(c.min_flip_radius() is None for c in cases)
+    deep = sum(c.net.depth == 3 for c in cases)
+    zero_gamma = sum(np.any(layer.scale == 0) for c in cases for layer in c.net.layers)
+    assert min(ib, real, no_flip, deep, zero_gamma) >= 10, (ib, real, no_flip, deep, zero_gamma)
+    assert N_NETS - ib - real >= 80
+    assert sum(c.min_flip_radius() or 0 for c in cases) > 1.5 * (N_NETS - no_flip)  # not all at radius 1
+
+
+@pytest.mark.parametrize("backend", ["highs", "scip"])
+@pytest.mark.parametrize("seed", range(30))
+def test_continuous_verdicts_hold_under_dense_sampling(seed, backend, folder):
+    """No grid: every 'robust' survives 20,000 samples and every vertex of the box; every flip is verified."""
+    net, x = continuous_case(seed, folder, real_first_layer=seed % 3 == 2)
+    label = int(net.predict(x)[0])
+    rng = np.random.default_rng(seed)
+    statuses = []
+    for eps in (0.05, 0.15, 0.4):
+        result = attack(net, x, eps, method="milp", backend=backend, time_limit=30)
+        lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+        where = f"seed {seed}, {net!r}, eps {eps}, {backend}"
+        if result.status == "adversarial":
+            assert result.verified and result.adv_label != label, where
+            assert np.all(result.x_adv >= lo - 1e-12) and np.all(result.x_adv <= hi + 1e-12), where
+        elif result.status == "robust":
+            vertices = np.array(list(itertools.product(*zip(lo, hi))))
+            samples = np.vstack([rng.uniform(lo, hi, size=(20_000, len(x))), vertices])
+            flips = net.predict(samples) != label
+            assert not flips.any(), f"{where}: 'robust' but {int(flips.sum())} sampled inputs flip"
+            assert not np.any(np.argmax(onnx_logits(net, samples[:2000]), axis=1) != label), where
+        statuses.append(result.status)
+    assert "unknown" not in statuses, f"seed {seed}: tiny continuous MILPs must be decided: {statuses}"
