@@ -678,16 +678,10 @@ BAD_ARGUMENTS = [
     ("unknown_backend", {"backend": "gurobi"}, ["backend='gurobi'", "expected one of"]),
     ("levels_zero", {"levels": 0}, ["levels=0"]),
 ]
-# milp_attack converts eps with float() before validating it (bnnmip/attacks/milp.py: Tracker(..., float(eps), ...)).
-_MILP_EPS_TEXT = pytest.mark.xfail(reason="milp_attack: float(eps) runs before check_eps (attacks/milp.py)",
-                                   raises=ValueError, strict=False)
-
-
 def _argument_cases():
     for method in METHODS:
         for name, kwargs, fragments in BAD_ARGUMENTS:
-            marks = [_MILP_EPS_TEXT] if (method, name) == ("milp", "eps_text") else []
-            yield pytest.param(method, kwargs, fragments, id=f"{method}-{name}", marks=marks)
+            yield pytest.param(method, kwargs, fragments, id=f"{method}-{name}")
 
 
 @pytest.mark.parametrize("method, kwargs, fragments", list(_argument_cases()))
@@ -706,14 +700,13 @@ def test_unknown_method(tiny):
         attack(net, x, 0.1, method="fgsm")
 
 
-_UNHASHABLE = "a list as a name: `name not in DICT` raises TypeError (attacks/__init__.py attack, backends get_backend)"
+_UNHASHABLE = "a list as the method name: `method not in METHODS` raises TypeError (attacks/__init__.py, attack)"
 
 
 @pytest.mark.parametrize("kwargs, fragments", [
     pytest.param({"method": ["milp"]}, ["method=['milp']"], id="method_list",
                  marks=pytest.mark.xfail(reason=_UNHASHABLE, raises=TypeError, strict=False)),
-    pytest.param({"method": "milp", "backend": ["highs"]}, ["backend=['highs']"], id="backend_list",
-                 marks=pytest.mark.xfail(reason=_UNHASHABLE, raises=TypeError, strict=False)),
+    pytest.param({"method": "milp", "backend": ["highs"]}, ["backend=['highs']"], id="backend_list"),
     pytest.param({"method": "pgd", "backend": ["highs"]}, ["backend=['highs']"], id="pgd_backend_list"),
     pytest.param({"method": "best", "restarts": 5}, ["restarts"], id="option_of_another_method",
                  marks=pytest.mark.xfail(reason="attack() passes unknown options on: TypeError from the method "
@@ -837,8 +830,6 @@ _CLI_NOT_LANDED = "invalid choice: 'attack'", "invalid choice: 'export'"
 # Known problems in files this suite does not own: (symptom in stderr, reason); listed in the issue-7 report.
 _CLI_KNOWN_BUGS = {
     "predict_corrupt_data": ("Traceback", "datasets.load_npz lets zipfile.BadZipFile escape (bnnmip/io/datasets.py)"),
-    "attack_unknown_method": ("usage:", "argparse prints its usage before the error line (bnnmip/cli.py)"),
-    "attack_unknown_backend": ("usage:", "argparse prints its usage before the error line (bnnmip/cli.py)"),
 }
 
 
