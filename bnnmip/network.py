@@ -47,7 +47,7 @@ _BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread a
 # in BLAS and ufunc loops), with BLAS itself held to one thread: a multi-threaded OpenBLAS on a
 # busy machine spends milliseconds waking its threads for every small product.
 _BLAS = threading.Lock()
-_blas_state: dict = {"depth": 0, "limiter": None, "controller": None}
+_blas_state: dict = {"depth": 0, "limiter": None}
 _pool_state: dict = {"pool": None}
 _local = threading.local()
 
@@ -71,11 +71,10 @@ def single_threaded_blas():
     """
     with _BLAS:
         if _blas_state["depth"] == 0:
-            if _blas_state["controller"] is None:
-                from threadpoolctl import ThreadpoolController
+            from threadpoolctl import ThreadpoolController
 
-                _blas_state["controller"] = ThreadpoolController()
-            _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+            # A fresh controller (~1 ms) also sees BLAS libraries loaded since the last call (scipy's own).
+            _blas_state["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
         _blas_state["depth"] += 1
     try:
         yield

@@ -700,17 +700,11 @@ def test_unknown_method(tiny):
         attack(net, x, 0.1, method="fgsm")
 
 
-_UNHASHABLE = "a list as the method name: `method not in METHODS` raises TypeError (attacks/__init__.py, attack)"
-
-
 @pytest.mark.parametrize("kwargs, fragments", [
-    pytest.param({"method": ["milp"]}, ["method=['milp']"], id="method_list",
-                 marks=pytest.mark.xfail(reason=_UNHASHABLE, raises=TypeError, strict=False)),
+    pytest.param({"method": ["milp"]}, ["method=['milp']"], id="method_list"),
     pytest.param({"method": "milp", "backend": ["highs"]}, ["backend=['highs']"], id="backend_list"),
     pytest.param({"method": "pgd", "backend": ["highs"]}, ["backend=['highs']"], id="pgd_backend_list"),
-    pytest.param({"method": "best", "restarts": 5}, ["restarts"], id="option_of_another_method",
-                 marks=pytest.mark.xfail(reason="attack() passes unknown options on: TypeError from the method "
-                                                "(attacks/__init__.py)", raises=TypeError, strict=False)),
+    pytest.param({"method": "best", "restarts": 5}, ["restarts"], id="option_of_another_method"),
     pytest.param({"method": "pgd", "restarts": 0}, ["restarts=0", "positive integer"], id="pgd_restarts_zero"),
     pytest.param({"method": "milp", "bounds": "tight"}, ["bounds='tight'"], id="milp_bounds_unknown"),
 ])
@@ -829,7 +823,6 @@ FILE_CASES_BY_NAME = {p.id: p.values[0] for p in FILE_CASES}
 _CLI_NOT_LANDED = "invalid choice: 'attack'", "invalid choice: 'export'"
 # Known problems in files this suite does not own: (symptom in stderr, reason); listed in the issue-7 report.
 _CLI_KNOWN_BUGS = {
-    "predict_corrupt_data": ("Traceback", "datasets.load_npz lets zipfile.BadZipFile escape (bnnmip/io/datasets.py)"),
 }
 
 

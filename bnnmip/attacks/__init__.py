@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import InvalidArgumentError
 from ..network import BNN, single_threaded_blas
 from .combined import best_attack, iprop_pgd_attack
@@ -30,8 +32,14 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
     solver ('highs', 'scip', 'cvxpy') for the methods that solve MILPs.  Other keyword options go
     to the method (see each method's docstring).
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise InvalidArgumentError(f"method={method!r}: expected one of {sorted(METHODS)}")
+    accepted = inspect.signature(METHODS[method]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise InvalidArgumentError(f"{unknown[0]}=...: not an option of method {method!r} "
+                                       f"(options: {sorted(set(accepted) - {'net', 'x', 'eps'})})")
     # The attacks multiply small batches; multi-threaded BLAS only adds latency to those.
     with single_threaded_blas():
         return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, **options)

@@ -107,8 +107,12 @@ def _layer_data(net: BNN, k: int, box, bounds: list[LayerBounds], base: np.ndarr
             slack = _ROUNDING_SIGMAS * 0.5 * np.sqrt(len(pixels) / 3.0)
             rows["margin"], rows["delta"] = slack, rows["delta"] + slack
         step = 1.0 if grid else (net.input_range[1] - net.input_range[0]) / 255
-        return _LayerData(k, "pixels", pixels, lower, upper, np.asarray(rows["coef"], np.float64),
-                          np.asarray(rows["theta"], np.float64), float(rows["delta"]), float(rows["margin"]),
+        # A constant unit (gamma = 0) has an infinite threshold: put it just out of reach instead,
+        # so every coefficient of the subproblem stays finite.
+        theta = np.asarray(rows["theta"], np.float64)
+        theta = np.where(np.isfinite(theta), theta, np.where(theta > 0, rows["U"] + 1.0, rows["L"] - 1.0))
+        return _LayerData(k, "pixels", pixels, lower, upper, np.asarray(rows["coef"], np.float64), theta,
+                          float(rows["delta"]), float(rows["margin"]),
                           bounds[k].fixed != 0, grid, step)
     prev = bounds[k - 1]
     inputs = np.flatnonzero(prev.fixed == 0)
@@ -273,7 +277,8 @@ class _IProp:
         self.bounds = interval_bounds_from_box(net, box)
         self.has_ib = net.input_binarization is not None
         self.sub_time_limit = sub_time_limit
-        self.margin = margin = 1e-6 * (1.0 + float(np.abs(net.layers[0].threshold).max(initial=0.0)))
+        finite = np.abs(net.layers[0].threshold[np.isfinite(net.layers[0].threshold)])
+        self.margin = margin = 1e-6 * (1.0 + float(finite.max(initial=0.0)))
         first = 1 if self.has_ib else 0
         self.layers = {
             k: _layer_data(net, k, box, self.bounds, self.base, margin)
@@ -412,9 +417,10 @@ class _IProp:
         out = x.copy()
         if problem.grid:
             out[problem.inputs] = self.net.input_range[0] + values * self.box.step
-        else:
-            out[problem.inputs] = np.clip(values, self.box.lower[problem.inputs], self.box.upper[problem.inputs])
-        return out
+            return out
+        out[problem.inputs] = values
+        # Real first-layer weights on a grid: the columns are values, so snap them to the grid.
+        return snap_to_box(self.net, out, self.box)
 
     def _bits(self, x: np.ndarray, acts, bits: np.ndarray, on: np.ndarray) -> np.ndarray:
         out = x.copy()

@@ -21,6 +21,8 @@ import gzip
 import json
 import os
 import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +200,7 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = np.asarray(z["images"]), np.asarray(z["labels"])
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DatasetNotFoundError(f"{path}: not an .npz with arrays 'images' and 'labels' ({e})") from e
     images = images.reshape(len(images), -1) if images.ndim > 2 else images
     if images.dtype != np.uint8 or images.ndim != 2 or labels.shape != (len(images),):

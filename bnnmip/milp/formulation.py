@@ -431,7 +431,9 @@ def first_layer_rows(net, layer, bnd, units, box, base, pixel_cols, grid_pixels,
         v_lo, v_hi = box.k_lower[pixel_cols].astype(np.float64), box.k_upper[pixel_cols].astype(np.float64)
         if layer.binary_weights:
             tau = (layer.threshold[units] - C) / box.step
-            theta = np.ceil(tau - _TAU_TOL * (1 + np.abs(tau)))
+            finite = np.isfinite(tau)  # a constant unit keeps its infinite threshold
+            theta = tau.copy()
+            theta[finite] = np.ceil(tau[finite] - _TAU_TOL * (1 + np.abs(tau[finite])))
             coef, delta, m = Wv, 1.0, 0.0
         else:
             theta = layer.threshold[units] - C
