@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bnnmip.bench.config import load_config
+from bnnmip.bench.jobs import expand
 from bnnmip.bench.report import format_table, summarize
 from bnnmip.bench.runner import run
 from bnnmip.bench.store import ResultStore, write_csv
@@ -45,6 +46,23 @@ def targets(lines) -> list[str]:
     return out
 
 
+def milp_coverage(rows, arch: str = "2x100") -> list[str]:
+    """On ``arch``, the share of the flips the MILP found (so proved to exist) that IProp found too."""
+    flipped = defaultdict(set)  # (dataset, eps, method) -> image indices with a verified flip
+    for r in rows:
+        if r.arch == arch and r.status == "adversarial" and r.verified:
+            flipped[r.dataset, r.eps_levels, r.method].add(r.image_index)
+    out = []
+    for dataset, eps in sorted({k[:2] for k in flipped}):
+        milp = flipped[dataset, eps, "milp"]
+        for method in ("iprop", "iprop+pgd"):
+            found = len(milp & flipped[dataset, eps, method])
+            ok = found >= 0.9 * len(milp)
+            out.append(f"{'PASS' if ok else 'MISS'} {method} finds >= 90% of the MILP's flips on "
+                       f"({dataset!r}, {arch!r}, {eps}): {found} of {len(milp)}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "flip_rate.toml"))
@@ -55,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     summary = run(config, workers=args.workers, progress=not args.no_progress)
     with ResultStore(summary.db) as store:
-        rows = store.rows()
+        rows = store.rows({job.key for job in expand(config)})
     lines = summarize(rows)
     table = format_table(lines)
-    checks = targets(lines)
+    checks = targets(lines) + milp_coverage(rows)
     print(table)
     print("\n".join(checks))
     out = Path(args.out)

@@ -166,7 +166,8 @@ def test_shipped_configs_parse_and_quick_fits_an_hour():
     quick = configs["quick"]
     jobs = expand(quick)
     assert {(m.dataset, m.arch) for m in quick.models} == {
-        (d, a) for d in ("fmnist", "mnist") for a in ("2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100")
+        (d, a) for d in ("fmnist", "mnist")
+        for a in ("2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100")
     }
     assert len(jobs) * quick.time_limit / 2 <= 60 * 60  # 2 workers, every job at its full limit
 
@@ -305,6 +306,21 @@ def test_csv_export_round_trip(clean, tmp_path, capsys):
     lines = summarize(rows)
     assert len(lines) == 2 * 2 * 2  # archs x eps x variants
     assert all(s.attacked == 6 and s.flipped + s.robust == 6 for s in lines)
+
+
+def test_config_option_keeps_only_that_configurations_jobs(clean, tiny, tmp_path):
+    """A database shared by two configurations: --config picks one's rows (a subset: 1 model, 3 images)."""
+    sub = tiny / "sub.toml"
+    one_model = SMOKE_LIKE.split("[[models]]\nfile = \"tiny_3x16")[0]
+    sub.write_text(one_model.replace("first_correct = 6", "first_correct = 3"))
+    out = tmp_path / "sub.csv"
+    assert bench_main(["results", str(clean), "--csv", "-o", str(out), "--config", str(sub)]) == 0
+    with open(out, newline="") as f:
+        rows = read_csv(f)
+    assert len(rows) == 1 * 3 * 2 * 2  # models x images x eps x backends
+    assert {Path(r.model_file).name for r in rows} == {"tiny_2x16.onnx"}
+    assert {r.image_index for r in rows} == {0, 2, 3}
+    assert bench_main(["plot", str(clean), "-o", str(tmp_path / "plots"), "--config", str(sub)]) == 0
 
 
 def test_results_of_a_missing_db_is_an_error(tmp_path, capsys):

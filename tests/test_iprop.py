@@ -24,8 +24,8 @@ def _flip_exists(net, x, eps) -> bool:
     lo, hi = net.input_range
     L = net.levels
     step = (hi - lo) / L
-    axes = [np.arange(np.ceil((max(v - eps, lo) - lo) / step - 1e-9), np.floor((min(v + eps, hi) - lo) / step + 1e-9) + 1)
-            for v in x]
+    axes = [np.arange(np.ceil((max(v - eps, lo) - lo) / step - 1e-9),
+                      np.floor((min(v + eps, hi) - lo) / step + 1e-9) + 1) for v in x]
     points = np.array(list(itertools.product(*axes))) * step + lo
     return bool(np.any(net.predict(points) != net.predict(x)[0]))
 

@@ -175,7 +175,8 @@ class Tracker:
             note = f"{self.unverified} candidate(s) flipped in bnnmip but not in onnxruntime"
             message = f"{message}; {note}" if message else note
         return AttackResult(
-            status=status, x_adv=x_adv, label=self.label, adv_label=adv_label, objective=self.best, bound=bound, time=self.elapsed(), method=method, backend=backend,
+            status=status, x_adv=x_adv, label=self.label, adv_label=adv_label, objective=self.best, bound=bound,
+            time=self.elapsed(), method=method, backend=backend,
             trace=list(self.trace), verified=verified, target=self.target, eps=self.eps, message=message,
             details=details,
         )

@@ -37,10 +37,9 @@ def cmd_bench(args) -> int:
 
 def cmd_results(args) -> int:
     from .report import format_table, summarize
-    from .store import ResultStore, write_csv
+    from .store import write_csv
 
-    with ResultStore(args.db, create=False) as store:
-        rows = store.rows()
+    rows = _rows(args)
     if args.csv:
         if args.output:
             with open(args.output, "w", newline="") as f:
@@ -59,13 +58,28 @@ def cmd_results(args) -> int:
 
 def cmd_plot(args) -> int:
     from .plots import plot_all
-    from .store import ResultStore
 
-    with ResultStore(args.db, create=False) as store:
-        rows = store.rows()
-    for path in plot_all(rows, args.out):
+    for path in plot_all(_rows(args), args.out):
         print(path)
     return 0
+
+
+def _rows(args) -> list:
+    """The database's rows, or with ``--config`` only those of that configuration's jobs."""
+    from .store import ResultStore
+
+    keys = None
+    if args.config:
+        from .config import load_config
+        from .jobs import expand
+
+        keys = {job.key for job in expand(load_config(args.config))}
+    with ResultStore(args.db, create=False) as store:
+        return store.rows(keys)
+
+
+_CONFIG_HELP = ("only the jobs of this configuration (TOML), for a database that holds several: "
+                "one store computes a job shared by two configurations once")
 
 
 def register(subparsers) -> None:
@@ -87,11 +101,13 @@ def register(subparsers) -> None:
     p.add_argument("db", help="SQLite results database")
     p.add_argument("--csv", action="store_true", help="export every row as CSV")
     p.add_argument("-o", "--output", help="CSV file to write (default: stdout)")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.set_defaults(func=cmd_results)
 
     p = subparsers.add_parser("plot", help="draw a benchmark's figures (PNG and SVG)")
     p.add_argument("db", help="SQLite results database")
     p.add_argument("-o", "--out", type=Path, default=Path("plots"), help="output folder (default: plots)")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.set_defaults(func=cmd_plot)
 
 

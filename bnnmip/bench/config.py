@@ -244,7 +244,10 @@ class _Parser:
             images = _images(entry.get("images"), key + ".images") or default_images
             if images is None:
                 raise InvalidArgumentError(f"{key}.images: missing (set [images] or images = {{...}} per model)")
-            found = [self.file_model(entry, key, images)] if "file" in entry else self.manifest_models(entry, key, images)
+            if "file" in entry:
+                found = [self.file_model(entry, key, images)]
+            else:
+                found = self.manifest_models(entry, key, images)
             if "eps" in entry or "eps_levels" in entry:
                 eps = _eps(entry, self.levels, key + ".")
                 found = [replace(spec, eps=eps) for spec in found]

