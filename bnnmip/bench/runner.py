@@ -183,7 +183,7 @@ def connect(workers: int | None, scheduler: str | None) -> Iterator:
             _quietly_close(client)
         return
     with _sigint_ignored():
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
     try:
         client = Client(cluster)
