@@ -220,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    return run_parser(build_parser(), argv)
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen subcommand: a bnnmip error is one line on stderr, exit 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -17,8 +17,6 @@ import signal
 import sys
 from pathlib import Path
 
-from ..errors import BnnmipError
-
 
 def cmd_bench(args) -> int:
     from .runner import BenchInterrupted, run
@@ -132,15 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point with the three subcommands (same error handling as ``bnnmip``)."""
     parser = argparse.ArgumentParser(prog="python -m bnnmip.bench", description=__doc__.splitlines()[0])
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except BnnmipError as e:
-        print(f"bnnmip: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bnnmip: interrupted", file=sys.stderr)
-        return 130
+    from ..cli import run_parser
+
+    return run_parser(parser, argv)
 
 
 if __name__ == "__main__":
