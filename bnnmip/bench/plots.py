@@ -17,6 +17,7 @@ Only correctly classified images count.  Plots never touch pyplot's global state
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,8 +70,20 @@ def _variant_colors(rows: list[ResultRow]) -> dict[str, str]:
     return {v: cmap(i % 10) for i, v in enumerate(variants)}
 
 
-def _panels(rows: list[ResultRow]) -> tuple[list[str], list[float]]:
-    return sorted({r.dataset for r in rows}), sorted({r.eps_levels for r in rows})
+def _panels(rows: list[ResultRow]) -> list[list[tuple[str, float]]]:
+    """The (dataset, ε) panels: a row per dataset, its own radii in columns (datasets may differ)."""
+    return [sorted({(ds, r.eps_levels) for r in rows if r.dataset == ds}) for ds in sorted({r.dataset for r in rows})]
+
+
+def _panel_axes(rows: list[ResultRow], width: float):
+    """A figure with an axis per (dataset, ε) panel, and the list of (axis, dataset, ε, column); spare axes hidden."""
+    grid = _panels(rows)
+    fig, axes = _figure(len(grid), max(len(row) for row in grid), width=width)
+    cells = [(axes[i, j], ds, eps, j) for i, row in enumerate(grid) for j, (ds, eps) in enumerate(row)]
+    for i, row in enumerate(grid):
+        for ax in axes[i, len(row):]:
+            ax.set_axis_off()
+    return fig, axes, cells
 
 
 def _eps_label(eps_levels: float) -> str:
@@ -90,28 +103,25 @@ def _legend(fig, axes, n: int) -> None:
 
 def flip_rate_figure(rows: list[ResultRow], colors: dict[str, str]):
     """(a) Flip rate per architecture, a bar per method, a panel per dataset (row) and ε (column)."""
-    datasets, eps_values = _panels(rows)
     lines = summarize(rows)
-    fig, axes = _figure(len(datasets), len(eps_values), width=4.2)
+    fig, axes, cells = _panel_axes(rows, width=4.2)
     variants = list(colors)
-    for i, ds in enumerate(datasets):
-        for j, eps in enumerate(eps_values):
-            ax = axes[i, j]
-            mine = [s for s in lines if s.dataset == ds and s.eps_levels == eps]
-            archs = sorted({s.arch for s in mine}, key=arch_key)
-            width = 0.8 / max(1, len(variants))
-            for k, v in enumerate(variants):
-                rates = {s.arch: s.flip_rate for s in mine if s.variant == v and s.flip_rate is not None}
-                if not rates:
-                    continue
-                xs = [a for a, arch in enumerate(archs) if arch in rates]
-                ax.bar(np.array(xs) + (k - (len(variants) - 1) / 2) * width, [100 * rates[archs[a]] for a in xs],
-                       width, label=v, color=colors[v])
-            ax.set_xticks(range(len(archs)), archs, rotation=45, fontsize=8)
-            ax.set_ylim(0, 100)
-            ax.set_title(f"{ds}, {_eps_label(eps)}", fontsize=9)
-            ax.set_ylabel("flip rate (%)" if j == 0 else "")
-            ax.grid(axis="y", alpha=0.3)
+    for ax, ds, eps, j in cells:
+        mine = [s for s in lines if s.dataset == ds and s.eps_levels == eps]
+        archs = sorted({s.arch for s in mine}, key=arch_key)
+        width = 0.8 / max(1, len(variants))
+        for k, v in enumerate(variants):
+            rates = {s.arch: s.flip_rate for s in mine if s.variant == v and s.flip_rate is not None}
+            if not rates:
+                continue
+            xs = [a for a, arch in enumerate(archs) if arch in rates]
+            ax.bar(np.array(xs) + (k - (len(variants) - 1) / 2) * width, [100 * rates[archs[a]] for a in xs],
+                   width, label=v, color=colors[v])
+        ax.set_xticks(range(len(archs)), archs, rotation=45, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{ds}, {_eps_label(eps)}", fontsize=9)
+        ax.set_ylabel("flip rate (%)" if j == 0 else "")
+        ax.grid(axis="y", alpha=0.3)
     _legend(fig, axes, len(variants))
     fig.suptitle("Flip rate per architecture")
     return fig
@@ -143,9 +153,7 @@ def objective_time_figure(rows: list[ResultRow], colors: dict[str, str], points:
         fig, axes = _figure(1, 1)
         axes[0, 0].text(0.5, 0.5, "no anytime traces recorded", ha="center", va="center")
         return fig
-    datasets, eps_values = _panels(rows)
-    row_keys = [(ds, eps) for ds in datasets for eps in eps_values if any(r.dataset == ds and r.eps_levels == eps
-                                                                           for r in rows)]
+    row_keys = [key for row in _panels(rows) for key in row]
     archs = sorted({r.arch for r in rows}, key=arch_key)
     fig, axes = _figure(len(row_keys), len(archs), width=3.2, height=2.5)
     for i, (ds, eps) in enumerate(row_keys):
@@ -162,10 +170,11 @@ def objective_time_figure(rows: list[ResultRow], colors: dict[str, str], points:
                 by_variant[r.variant].append(step_values(r.trace_points(), grid))
             for v, curves in sorted(by_variant.items()):
                 Y = np.array(curves)
-                with np.errstate(all="ignore"):
+                with warnings.catch_warnings():  # before a method's first incumbent every curve is NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     lo, med, hi = np.nanpercentile(Y, [25, 50, 75], axis=0)
                 ax.plot(grid, med, drawstyle="steps-post", color=colors[v], label=v, lw=1.4)
-                ax.fill_between(grid, lo, hi, step="post", color=colors[v], alpha=0.15, lw=0)
+                ax.fill_between(grid, lo, hi, step="post", color=colors[v], alpha=0.15, lw=0, rasterized=True)
             ax.axhline(0.0, color="k", lw=0.6, ls=":")
             ax.tick_params(labelsize=7)
             ax.set_xlabel("seconds" if i == len(row_keys) - 1 else "", fontsize=8)
@@ -230,37 +239,34 @@ def certified_outcomes(rows: list[ResultRow]) -> dict[tuple, str]:
 def certified_figure(rows: list[ResultRow], colors: dict[str, str]):
     """(d) Certified robust / flipped / unknown per architecture, with each method's flip rate marked."""
     outcomes = certified_outcomes(rows)
-    datasets, eps_values = _panels(rows)
     lines = summarize(rows)
-    fig, axes = _figure(len(datasets), len(eps_values), width=4.2)
+    fig, axes, cells = _panel_axes(rows, width=4.2)
     stack = (("flipped", _STATUS_COLORS["adversarial"]), ("unknown", _STATUS_COLORS["unknown"]),
              ("certified", _STATUS_COLORS["robust"]))
-    for i, ds in enumerate(datasets):
-        for j, eps in enumerate(eps_values):
-            ax = axes[i, j]
-            archs = sorted({k[1] for k in outcomes if k[0] == ds and k[3] == eps}, key=arch_key)
-            shares = {name: np.zeros(len(archs)) for name, _ in stack}
-            for a, arch in enumerate(archs):
-                mine = [o for k, o in outcomes.items() if k[0] == ds and k[1] == arch and k[3] == eps]
-                for name, _ in stack:
-                    shares[name][a] = 100 * mine.count(name) / len(mine)
-            bottom = np.zeros(len(archs))
-            for name, color in stack:
-                ax.bar(range(len(archs)), shares[name], 0.7, bottom=bottom, color=color, label=name, alpha=0.85)
-                bottom += shares[name]
-            for m, (v, color) in enumerate(colors.items()):
-                rates = {s.arch: s.flip_rate for s in lines
-                         if s.dataset == ds and s.eps_levels == eps and s.variant == v and s.flip_rate is not None}
-                xs = [a for a, arch in enumerate(archs) if arch in rates]
-                if xs:
-                    offset = 0.6 * ((m + 0.5) / len(colors) - 0.5)
-                    ax.scatter(np.array(xs) + offset, [100 * rates[archs[a]] for a in xs], marker="_",
-                               s=max(40, 300 / len(colors)), color=color, linewidths=2.5, label=f"{v} flip rate",
-                               zorder=3)
-            ax.set_xticks(range(len(archs)), archs, rotation=45, fontsize=8)
-            ax.set_ylim(0, 100)
-            ax.set_ylabel("images (%)" if j == 0 else "")
-            ax.set_title(f"{ds}, {_eps_label(eps)}", fontsize=9)
+    for ax, ds, eps, j in cells:
+        archs = sorted({k[1] for k in outcomes if k[0] == ds and k[3] == eps}, key=arch_key)
+        shares = {name: np.zeros(len(archs)) for name, _ in stack}
+        for a, arch in enumerate(archs):
+            mine = [o for k, o in outcomes.items() if k[0] == ds and k[1] == arch and k[3] == eps]
+            for name, _ in stack:
+                shares[name][a] = 100 * mine.count(name) / len(mine)
+        bottom = np.zeros(len(archs))
+        for name, color in stack:
+            ax.bar(range(len(archs)), shares[name], 0.7, bottom=bottom, color=color, label=name, alpha=0.85)
+            bottom += shares[name]
+        for m, (v, color) in enumerate(colors.items()):
+            rates = {s.arch: s.flip_rate for s in lines
+                     if s.dataset == ds and s.eps_levels == eps and s.variant == v and s.flip_rate is not None}
+            xs = [a for a, arch in enumerate(archs) if arch in rates]
+            if xs:
+                offset = 0.6 * ((m + 0.5) / len(colors) - 0.5)
+                ax.scatter(np.array(xs) + offset, [100 * rates[archs[a]] for a in xs], marker="_",
+                           s=max(40, 300 / len(colors)), color=color, linewidths=2.5, label=f"{v} flip rate",
+                           zorder=3)
+        ax.set_xticks(range(len(archs)), archs, rotation=45, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("images (%)" if j == 0 else "")
+        ax.set_title(f"{ds}, {_eps_label(eps)}", fontsize=9)
     _legend(fig, axes, 4)
     fig.suptitle("Certified robust (MILP) vs flipped (any method) vs unknown; marks: each method's flip rate")
     return fig
