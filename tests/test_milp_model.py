@@ -231,3 +231,20 @@ def test_time_limited_incumbent_is_feasible_never_optimal(hard_instance, backend
         assert solution.gap is None or solution.gap > 0
     else:
         assert solution.values is None and solution.objective is None
+
+
+def test_an_lp_session_gets_its_time_limit_on_every_solve():
+    """HiGHS's LP clock adds up over the runs of one instance: without care, a session's later
+    solves would stop at once with 'time limit' (IProp's input LP did, after 0.3 s in all)."""
+    rng = np.random.default_rng(3)
+    n = 120
+    A = sp.csr_matrix(rng.standard_normal((n, n)))
+    lp = MilpModel(-np.ones(n), np.ones(n), np.zeros(n, bool), A, np.full(n, -np.inf), np.ones(n),
+                   rng.random(n), 0.0, "max")
+    session = open_session(lp, "highs")
+    limit = 0.05
+    for _ in range(40):
+        session.set_objective(np.arange(n), rng.standard_normal(n))
+        got = session.solve(time_limit=limit)
+        assert got.status == "optimal", got.status
+    assert session.h.getRunTime() > limit  # the clock did pass the limit: the test means something

@@ -186,5 +186,11 @@ class Session:
             change(row, col, value)
 
     def solve(self, time_limit: float | None = None, start=None) -> MilpSolution:
-        self.h.setOptionValue("time_limit", float(time_limit) if time_limit else self.inf)
-        return run(self.h, self.model, t0=time.perf_counter(), start=start)
+        limit = self.inf
+        if time_limit:
+            # HiGHS's LP solver reads a run clock that adds up over the runs of one instance (its
+            # MIP solver restarts it per run): an LP gets its limit on top of the time used so far.
+            limit = float(time_limit) + (0.0 if self.model.integrality.any() else self.h.getRunTime())
+        self.h.setOptionValue("time_limit", limit)
+        t0 = time.perf_counter()
+        return run(self.h, self.model, t0=t0, start=start, deadline=t0 + float(time_limit) if time_limit else None)

@@ -92,7 +92,7 @@ def _lp_range(b, layer, prev: LayerBounds, prev_cols: np.ndarray, units: np.ndar
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     return L, U
-                h.setOptionValue("time_limit", left)
+                h.setOptionValue("time_limit", h.getRunTime() + left)  # HiGHS's LP clock adds up over runs
             h.changeColsCost(n, in_cols, direction * Wf[j])
             h.run()
             if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
