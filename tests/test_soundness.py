@@ -24,8 +24,6 @@ TIME_LIMIT = 0.5  # the networks are tiny: the MILP solves them in milliseconds
 
 
 SAMPLES = {"grid_bruteforce": (True, range(30)), "continuous_sampling": (False, range(10**6, 10**6 + 10))}
-# Crashes seen in the 1,000-network sweep, in files this suite does not own (see the issue-7 report).
-KNOWN_CRASHES: dict[str, str] = {}  # message fragment -> reason, for crashes not fixed yet
 
 
 @pytest.fixture(scope="module", params=list(SAMPLES))
@@ -51,10 +49,7 @@ def test_sample_of_random_networks_is_sound(sample):
 def test_sample_of_random_networks_never_crashes(sample):
     name, tally = sample
     crashes = [v for v in tally.violations if ": crash: " in v]
-    unknown = [v for v in crashes if not any(k in v for k in KNOWN_CRASHES)]
-    assert unknown == [], soundness.report(name, tally)
-    if crashes:
-        pytest.xfail("; ".join(sorted({r for k, r in KNOWN_CRASHES.items() if any(k in v for v in crashes)})))
+    assert crashes == [], soundness.report(name, tally)
 
 
 def test_the_checks_catch_a_fake_adversarial_and_a_false_certificate(tmp_path):
