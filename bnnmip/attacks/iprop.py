@@ -465,6 +465,7 @@ class _IProp:
             if failures >= _PATIENCE:
                 self.restarts += 1
                 x = self._restart_point(tracker.x_best)
+                tracker.offer(x)  # a random restart may flip the prediction by itself
                 (best, target), failures, step = self.score(x, fixed_target), 0, 2
 
     def _restart_point(self, x_best: np.ndarray) -> np.ndarray:
