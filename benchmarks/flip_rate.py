@@ -2,6 +2,7 @@
 
     python benchmarks/flip_rate.py                      # the committed config, 2 workers
     python benchmarks/flip_rate.py --config benchmarks/configs/smoke.toml --workers 1
+    python benchmarks/flip_rate.py --report             # the table of what is finished, no run
 
 Runs the configuration through ``bnnmip.bench`` (resumable: rerunning continues where a killed
 run stopped), prints the flip-rate table, checks the issue's targets and writes the table to
@@ -27,7 +28,8 @@ WIDER_OR_DEEPER = lambda arch: arch != "2x100"  # noqa: E731
 
 def targets(lines) -> list[str]:
     """The issue's targets, each as 'PASS ...' or 'MISS ...'."""
-    rate = {(s.dataset, s.arch, s.eps_levels, s.variant): s for s in lines}
+    method = lambda s: s.variant.split("/")[0]  # noqa: E731  ("iprop+pgd/highs": method/backend)
+    rate = {(s.dataset, s.arch, s.eps_levels, method(s)): s for s in lines}
     rows = sorted({k[:3] for k in rate})
     out = []
     for key in rows:
@@ -40,10 +42,19 @@ def targets(lines) -> list[str]:
             out.append(f"{'PASS' if ok else 'MISS'} iprop+pgd >= milp on {key}: {ip.flipped} vs {milp.flipped}")
     totals = defaultdict(int)
     for s in lines:
-        totals[s.variant] += s.flipped
+        totals[method(s)] += s.flipped
     out.append(f"{'PASS' if totals['iprop'] > totals['pgd'] else 'MISS'} iprop beats pgd on average: "
                f"{totals['iprop']} vs {totals['pgd']} flips in all")
     return out
+
+
+def complete_groups(rows, n_methods: int) -> list:
+    """The rows of the (model, image, ε) groups every method has finished: a stopped run's table
+    then compares the methods on the same images."""
+    count = defaultdict(int)
+    for r in rows:
+        count[r.model_sha256, r.image_index, r.eps] += 1
+    return [r for r in rows if count[r.model_sha256, r.image_index, r.eps] == n_methods]
 
 
 def milp_coverage(rows, arch: str = "2x100") -> list[str]:
@@ -69,11 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: the table of the jobs finished so far (e.g. of a stopped run)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    summary = run(config, workers=args.workers, progress=not args.no_progress)
-    with ResultStore(summary.db) as store:
-        rows = store.rows({job.key for job in expand(config)})
+    jobs = expand(config)
+    if args.report:
+        summary = None
+        db = config.db or Path(f"{config.name}.sqlite")
+    else:
+        summary = run(config, workers=args.workers, progress=not args.no_progress)
+        db = summary.db
+    with ResultStore(db) as store:
+        rows = complete_groups(store.rows({job.key for job in jobs}), len(config.methods))
     lines = summarize(rows)
     table = format_table(lines)
     checks = targets(lines) + milp_coverage(rows)
@@ -82,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = config.name
-    (out / f"{stem}.md").write_text(f"# {stem}\n\n```\n{table}\n```\n\n" + "\n".join(f"- {c}" for c in checks) + "\n")
+    (out / f"{stem}.md").write_text(f"# {stem}\n\n{len(rows)} of {len(jobs)} jobs finished.\n\n```\n{table}\n```\n\n"
+                                    + "\n".join(f"- {c}" for c in checks) + "\n")
     with open(out / f"{stem}.csv", "w", newline="") as f:
         write_csv(rows, f)
-    print(f"wrote {out / (stem + '.md')} and {out / (stem + '.csv')}; {summary.jobs} jobs, "
-          f"{summary.ran} run now, {summary.elapsed:.0f} s")
+    done = f"{len(rows)} of {len(jobs)} jobs finished (in groups every method finished)"
+    print(f"wrote {out / (stem + '.md')} and {out / (stem + '.csv')}; {done}")
+    if summary is None:
+        return 0 if len(rows) == len(jobs) else 1
+    print(f"{summary.ran} run now, {summary.elapsed:.0f} s")
     return 0 if summary.complete else 1
 
 
