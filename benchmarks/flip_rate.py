@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--db", help="results database (default: the config's)")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: the table of the jobs finished so far (e.g. of a stopped run)")
     args = parser.parse_args(argv)
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = expand(config)
     if args.report:
         summary = None
-        db = config.db or Path(f"{config.name}.sqlite")
+        db = args.db or config.db or Path(f"{config.name}.sqlite")
     else:
-        summary = run(config, workers=args.workers, progress=not args.no_progress)
+        summary = run(config, db=args.db, workers=args.workers, progress=not args.no_progress)
         db = summary.db
     with ResultStore(db) as store:
         rows = complete_groups(store.rows({job.key for job in jobs}), len(config.methods))
