@@ -72,6 +72,12 @@ def cmd_predict(args) -> int:
     return 0 if check.ok else 1
 
 
+def _one_image(args) -> tuple[object, object, np.ndarray, int]:
+    """(network, data slice, input, true label) for the commands that work on one ``--index``."""
+    net, data = _load(args), _data(args)
+    return (net, data, *_image(args, data))
+
+
 def _image(args, data) -> tuple[np.ndarray, int]:
     """The input ``--index`` of the data slice (in [0, 1]) and its true label."""
     if not 0 <= args.index < len(data):
@@ -98,9 +104,7 @@ def _header(args, data, label: int) -> None:
 def cmd_attack(args) -> int:
     from .attacks import attack
 
-    net = _load(args)
-    data = _data(args)
-    x, true_label = _image(args, data)
+    net, data, x, true_label = _one_image(args)
     options = {}
     if args.bounds != "interval":
         if args.method != "milp":
@@ -120,9 +124,7 @@ def cmd_attack(args) -> int:
 def cmd_export(args) -> int:
     from .milp.formulation import attack_milp
 
-    net = _load(args)
-    data = _data(args)
-    x, true_label = _image(args, data)
+    net, data, x, true_label = _one_image(args)
     t0 = time.perf_counter()
     model = attack_milp(net, x, args.eps, args.target, bounds=args.bounds)
     built = time.perf_counter() - t0
@@ -143,9 +145,7 @@ def cmd_export(args) -> int:
 def cmd_minimal_eps(args) -> int:
     from .attacks.minimal_eps import minimal_eps
 
-    net = _load(args)
-    data = _data(args)
-    x, true_label = _image(args, data)
+    net, data, x, true_label = _one_image(args)
     result = minimal_eps(net, x, levels=args.levels, time_limit=args.time_limit, backend=args.backend,
                          bounds=args.bounds)
     _header(args, data, true_label)

@@ -163,6 +163,9 @@ class Session:
         self.h = build(model)
         configure(self.h, None, threads, False, mip_gap)
         self.inf = self.h.getInfinity()
+        # HiGHS's LP solver reads a run clock that adds up over the runs of one instance (its MIP
+        # solver restarts it per run): an LP gets its limit on top of the time used so far.
+        self.clock_adds_up = not model.integrality.any()
 
     def set_col_bounds(self, cols, lower, upper) -> None:
         cols = np.asarray(cols, np.int32)
@@ -188,9 +191,7 @@ class Session:
     def solve(self, time_limit: float | None = None, start=None) -> MilpSolution:
         limit = self.inf
         if time_limit:
-            # HiGHS's LP solver reads a run clock that adds up over the runs of one instance (its
-            # MIP solver restarts it per run): an LP gets its limit on top of the time used so far.
-            limit = float(time_limit) + (0.0 if self.model.integrality.any() else self.h.getRunTime())
+            limit = float(time_limit) + (self.h.getRunTime() if self.clock_adds_up else 0.0)
         self.h.setOptionValue("time_limit", limit)
         t0 = time.perf_counter()
         return run(self.h, self.model, t0=t0, start=start, deadline=t0 + float(time_limit) if time_limit else None)
