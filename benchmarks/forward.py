@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 import bnnmip
 from bnnmip.io.datasets import load_npz
-from bnnmip.network import n_threads, single_threaded_blas
+from bnnmip.threads import n_threads, single_threaded_blas
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

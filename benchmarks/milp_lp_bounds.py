@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnmip import attack, attack_milp, load_onnx
-from bnnmip.bounds import input_box
+from bnnmip.box import input_box
 from bnnmip.io.datasets import load_npz
 from bnnmip.milp.formulation import attack_bounds
 

@@ -44,7 +44,7 @@ import onnx
 
 from bnnmip import BNN, load_onnx, onnx_logits
 from bnnmip.attacks import attack
-from bnnmip.bounds import input_box
+from bnnmip.box import input_box
 from bnnmip.io.onnx_writer import Pattern, random_params, to_onnx
 from bnnmip.io.runtime import tie_inputs
 

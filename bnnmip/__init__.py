@@ -8,9 +8,11 @@ robustness), :func:`minimal_eps` finds the smallest grid radius that changes the
 HiGHS / SCIP / CVXPY, or write it as MPS / LP).
 """
 
+from . import backends  # registers the solver backends with bnnmip.milp
 from .attacks import METHODS, AttackResult, attack
 from .attacks.minimal_eps import MinimalEpsResult, minimal_eps
 from .bounds import LayerBounds, interval_bounds
+from .box import DEFAULT_LEVELS, InputBox, input_box
 from .errors import (
     BnnmipError,
     DatasetNotFoundError,
@@ -23,16 +25,28 @@ from .errors import (
 from .io import datasets
 from .io.onnx_reader import load_onnx
 from .io.runtime import OnnxCheck, check_onnx, onnx_logits
-from .milp.formulation import attack_milp
-from .milp.model import MilpModel, MilpSolution
+from .milp.backend import Capabilities
+from .milp.formulation import AttackModel, attack_milp
+from .milp.model import MilpModel
+from .milp.solution import MilpSolution
 from .network import BNN, InputBinarization, Layer
-
-__version__ = "0.1.0"
+from .status import SearchStatus, SolveStatus, Verdict
+from .version import __version__
 
 __all__ = [
+    "__version__",
+    "DEFAULT_LEVELS",
     "METHODS",
+    "AttackModel",
     "AttackResult",
     "BNN",
+    "Capabilities",
+    "InputBox",
+    "SearchStatus",
+    "SolveStatus",
+    "Verdict",
+    "backends",
+    "input_box",
     "BnnmipError",
     "DatasetNotFoundError",
     "ExactnessError",

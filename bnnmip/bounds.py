@@ -1,7 +1,6 @@
 r"""Interval bounds on every pre-activation over an L∞ box: the big-M constants of the MILP.
 
-Perturbation box: :math:`lo_i = \max(x_i - \varepsilon, lo)`, :math:`hi_i = \min(x_i + \varepsilon, hi)`,
-snapped inwards to the input grid when the network has one.
+Over the perturbation box of :mod:`bnnmip.box` (snapped inwards to the input grid when there is one):
 
 * real-valued layer: :math:`L_j = \sum_i \min(w_{ji} lo_i, w_{ji} hi_i)`, :math:`U_j = \sum_i \max(\cdot)`;
 * input binarization: :math:`[\min(d_j lo_j, d_j hi_j), \max(\cdot)]`;
@@ -18,10 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .box import InputBox, input_box
 from .network import BNN, Layer
-
-_GRID_TOL = 1e-9  # in grid steps: eps = 2/255 must reach the point two steps away
 
 
 class LayerBounds(NamedTuple):
@@ -36,70 +33,6 @@ class LayerBounds(NamedTuple):
         return int(np.count_nonzero(self.fixed == 0))
 
 
-class InputBox(NamedTuple):
-    """The perturbation box; on a grid also in integer steps ``k`` with ``value = lo + k * step``."""
-
-    lower: np.ndarray
-    upper: np.ndarray
-    k_lower: np.ndarray | None = None
-    k_upper: np.ndarray | None = None
-    step: float | None = None
-
-
-def check_eps(eps) -> float:
-    """``eps`` as a float; a clear error when it is negative, NaN or not a number."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"eps={eps!r}: expected a number") from None
-    if not np.isfinite(value) or value < 0:
-        raise InvalidArgumentError(f"eps={eps!r}: expected a finite number >= 0")
-    return value
-
-
-def check_input(net: BNN, x) -> np.ndarray:
-    """One input as a flat float64 vector inside the network's input range."""
-    X = net.as_batch(x, name="x")
-    if len(X) != 1:
-        raise InvalidArgumentError(f"x: expected one input, got a batch of {len(X)}")
-    lo, hi = net.input_range
-    tol = 1e-9 * (hi - lo)
-    if X.min() < lo - tol or X.max() > hi + tol:
-        raise InvalidArgumentError(
-            f"x: values range over [{X.min():g}, {X.max():g}], outside the input range [{lo:g}, {hi:g}]"
-        )
-    return np.clip(X[0], lo, hi)
-
-
-def check_levels(levels) -> int | None:
-    if levels is None:
-        return None
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
-        raise InvalidArgumentError(f"levels={levels!r}: expected a positive integer or None")
-    return int(levels)
-
-
-def input_box(net: BNN, x, eps, levels: int | None = None) -> InputBox:
-    """The L∞ ball of radius ``eps`` around ``x``, clipped to the input range.
-
-    On a grid (``levels``, default the network's own) the box holds the grid points within
-    ``eps`` of ``x``, and also says which steps ``k`` they are.
-    """
-    x, eps = check_input(net, x), check_eps(eps)
-    levels = check_levels(levels) or net.levels
-    lo, hi = net.input_range
-    lower, upper = np.maximum(x - eps, lo), np.minimum(x + eps, hi)
-    if levels is None:
-        return InputBox(lower, upper)
-    step = (hi - lo) / levels
-    k_lower = np.ceil((lower - lo) / step - _GRID_TOL).astype(np.int64)
-    k_upper = np.floor((upper - lo) / step + _GRID_TOL).astype(np.int64)
-    if np.any(k_lower > k_upper):
-        i = int(np.flatnonzero(k_lower > k_upper)[0])
-        raise InvalidArgumentError(f"x: input {i} = {x[i]!r} has no grid point within eps={eps:g}")
-    return InputBox(lo + k_lower * step, lo + k_upper * step, k_lower, k_upper, step)
-
-
 def _real_bounds(weight: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     W = weight.astype(np.float64)
     pos, neg = np.maximum(W, 0), np.minimum(W, 0)
@@ -108,7 +41,8 @@ def _real_bounds(weight: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tu
     return L - slack, U + slack
 
 
-def _fix(lower: np.ndarray, upper: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+def fix_units(lower: np.ndarray, upper: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """+1 where ``lower >= threshold`` (always on), -1 where ``upper < threshold`` (always off), else 0 (free)."""
     return np.where(lower >= threshold, 1, np.where(upper < threshold, -1, 0)).astype(np.int8)
 
 
@@ -138,8 +72,8 @@ def interval_bounds_from_box(net: BNN, box: InputBox) -> list[LayerBounds]:
     if ib is not None:
         a, b = box.lower * ib.direction, box.upper * ib.direction
         L, U = np.minimum(a, b), np.maximum(a, b)
-        out.append(LayerBounds(L, U, _fix(L, U, ib.threshold)))
+        out.append(LayerBounds(L, U, fix_units(L, U, ib.threshold)))
     for layer in net.layers:
         L, U = stage_bounds(layer, out[-1] if out else None, box)
-        out.append(LayerBounds(L, U, _fix(L, U, layer.threshold)))
+        out.append(LayerBounds(L, U, fix_units(L, U, layer.threshold)))
     return out

@@ -21,130 +21,16 @@ neuron (:math:`\gamma = 0`) has a threshold no pre-activation can miss (or reach
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .threads import blas_limit, buffer, run_chunks
 
 _U32 = 2.0**-24  # unit roundoff of float32
-CHUNK_ROWS = 512  # rows per task of the fast path (measured: 256 to 2048 are within a few %)
-# Smaller batches run on the calling thread alone: on a busy machine, waiting for a helper thread
-# that was preempted in the middle of its chunk costs milliseconds.
-PARALLEL_ROWS = 2048
-_BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread anyway
-
-
-# ---------------------------------------------------------------------- threads and buffers
-# The fast path splits a batch into row chunks run on a small thread pool (numpy releases the GIL
-# in BLAS and ufunc loops), with BLAS itself held to one thread: a multi-threaded OpenBLAS on a
-# busy machine spends milliseconds waking its threads for every small product.
-_BLAS = threading.Lock()
-_blas_state: dict = {"depth": 0, "limiter": None}
-_pool_state: dict = {"pool": None}
-_local = threading.local()
-
-
-def n_threads() -> int:
-    """Worker threads of the fast path: ``$BNNMIP_THREADS`` or the CPUs this process may use."""
-    env = os.environ.get("BNNMIP_THREADS", "")
-    if env.strip().isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-@contextmanager
-def single_threaded_blas():
-    """Hold every BLAS library numpy uses to one thread inside the block.
-
-    Re-entrant and thread-safe: the first thread in sets the limit, the last one out restores it.
-    """
-    with _BLAS:
-        if _blas_state["depth"] == 0:
-            from threadpoolctl import ThreadpoolController
-
-            # A fresh controller (~1 ms) also sees BLAS libraries loaded since the last call (scipy's own).
-            _blas_state["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
-        _blas_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _BLAS:
-            _blas_state["depth"] -= 1
-            if _blas_state["depth"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
-
-
-def _blas_limit(n_rows: int):
-    """:func:`single_threaded_blas` for batches big enough for BLAS to use threads, else nothing."""
-    return single_threaded_blas() if n_rows >= _BLAS_THREADED_ROWS else nullcontext()
-
-
-def _pool() -> ThreadPoolExecutor:
-    with _BLAS:
-        if _pool_state["pool"] is None:
-            workers = max(1, n_threads() - 1)
-            _pool_state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bnnmip")
-        return _pool_state["pool"]
-
-
-def _reset_after_fork() -> None:
-    """A forked child has none of the parent's threads: no pool, no lock holder, no BLAS limit to undo."""
-    global _BLAS
-    _BLAS = threading.Lock()
-    _blas_state.update(depth=0, limiter=None)
-    _pool_state.update(pool=None)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def chunk_rows(n_rows: int) -> int:
-    """Rows per chunk of the fast path: :data:`CHUNK_ROWS`, or fewer for a batch of less than
-    ``2 * threads * CHUNK_ROWS`` rows so that it still splits evenly over the threads."""
-    if n_rows < PARALLEL_ROWS or n_threads() == 1:
-        return max(1, min(n_rows, CHUNK_ROWS))
-    return min(CHUNK_ROWS, -(-n_rows // (2 * n_threads())))
-
-
-def _run_chunks(work, n_rows: int) -> None:
-    """Call ``work(start, stop)`` for every chunk of :func:`chunk_rows` rows, on up to :func:`n_threads` threads.
-
-    The calling thread works too, and every thread takes the next chunk when it is free: on a busy
-    machine a helper that is slow to wake up finds the chunks done, rather than being waited for.
-    """
-    size = chunk_rows(n_rows)
-    n_chunks = -(-n_rows // size)
-    if n_chunks == 1:
-        work(0, n_rows)
-        return
-    next_chunk = itertools.count().__next__  # atomic under the GIL
-
-    def drain() -> None:
-        while (i := next_chunk()) < n_chunks:
-            work(i * size, min((i + 1) * size, n_rows))
-
-    helpers = min(n_threads(), n_chunks) - 1 if n_rows >= PARALLEL_ROWS else 0
-    tasks = [_pool().submit(drain) for _ in range(helpers)]
-    try:
-        drain()
-    finally:  # wait for the helpers that started (they write into the caller's output)
-        failures = [task.exception() for task in tasks if not task.cancel()]
-    for failure in failures:
-        if failure is not None:
-            raise failure
 
 
 def _unit_signs(a: np.ndarray) -> np.ndarray:
@@ -160,7 +46,7 @@ def row_abs_sum(x: np.ndarray) -> np.ndarray:
     ones = _ones(x.shape[1])
     if x.min(initial=0.0) >= 0:
         return x @ ones
-    return np.abs(x, out=_buffer(3, x.shape, np.float32)) @ ones
+    return np.abs(x, out=buffer(3, x.shape, np.float32)) @ ones
 
 
 @lru_cache(maxsize=64)
@@ -173,18 +59,6 @@ def _ones(n: int) -> np.ndarray:
 def _check_finite(X: np.ndarray, name: str) -> None:
     if not np.isfinite(X).all():
         raise InvalidArgumentError(f"{name}: contains NaN or infinite values")
-
-
-def _buffer(slot: int, shape: tuple[int, int], dtype) -> np.ndarray:
-    """A per-thread scratch array, reused across calls (no page faults on fresh memory)."""
-    buffers = getattr(_local, "buffers", None)
-    if buffers is None:
-        buffers = _local.buffers = {}
-    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
-    flat = buffers.get(slot)
-    if flat is None or flat.nbytes < nbytes:
-        flat = buffers[slot] = np.empty(max(nbytes, 1 << 16), np.uint8)
-    return flat[:nbytes].view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,8 +167,8 @@ class Layer:
             row_tol[overflow] = 0
             largest = row_tol.max(initial=0)
         # One coarse test with the chunk's largest tolerance, then the exact one on the few candidates.
-        dist = np.abs(margin, out=_buffer(4, margin.shape, np.float32))
-        coarse = np.less_equal(dist, largest + self._threshold_tol_max, out=_buffer(5, margin.shape, np.bool_))
+        dist = np.abs(margin, out=buffer(4, margin.shape, np.float32))
+        coarse = np.less_equal(dist, largest + self._threshold_tol_max, out=buffer(5, margin.shape, np.bool_))
         if overflow is not None:
             coarse[overflow] = True
         rows, cols = np.divmod(np.flatnonzero(coarse.ravel()), margin.shape[1])
@@ -449,7 +323,7 @@ class BNN:
         """
         inp = self.as_batch(X)
         pre, post = [], []
-        with _blas_limit(len(inp)):
+        with blas_limit(len(inp)):
             for stage in self.threshold_stages:
                 a = stage.pre_activation(inp)
                 inp = np.where(a >= stage.threshold, np.int8(1), np.int8(-1))
@@ -471,8 +345,8 @@ class BNN:
         # NaN and inf are caught chunk by chunk (from the row sums), not in a pass of their own.
         X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
         out = np.empty((len(X), self.n_classes))
-        with _blas_limit(len(X)):
-            _run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
+        with blas_limit(len(X)):
+            run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
         return out
 
     def _logits_chunk(self, x: np.ndarray, out: np.ndarray) -> None:
@@ -481,7 +355,7 @@ class BNN:
         x64 = x if x.dtype == np.float64 else None
         x32 = x
         if x64 is not None:
-            x32 = _buffer(0, x.shape, np.float32)
+            x32 = buffer(0, x.shape, np.float32)
             with np.errstate(over="ignore"):  # beyond float32's range: refined in float64 (see signs)
                 np.copyto(x32, x64)
         abs_sum = row_abs_sum(x32)  # non-finite exactly where x has NaN, inf or a float32 overflow
@@ -495,9 +369,9 @@ class BNN:
             inp64 = None
         for i, layer in enumerate(self.layers):
             real = ib is None and i == 0
-            inp = layer.signs(inp, inp64, _buffer(1 + i % 2, (r, layer.width), np.float32), abs_sum if real else None)
+            inp = layer.signs(inp, inp64, buffer(1 + i % 2, (r, layer.width), np.float32), abs_sum if real else None)
             inp64 = None
-        h = _buffer(6, inp.shape, np.float64)
+        h = buffer(6, inp.shape, np.float64)
         np.copyto(h, inp)
         np.matmul(h, self._out_weight_t, out=out)
         out += self.out_bias

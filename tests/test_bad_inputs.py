@@ -546,7 +546,7 @@ def test_zero_gamma_is_a_constant_unit_that_matches_onnxruntime(tmp_path, act):
     net = load_onnx(_save(tmp_path, to_onnx(params, Pattern(act=act))))
     assert sum(int((layer.scale == 0).sum()) for layer in net.layers) >= 2
     X = np.random.default_rng(4).random((500, N_IN))
-    check = check_onnx(net, None, X)
+    check = check_onnx(net, X)
     assert check.ok, str(check)
 
 
@@ -555,7 +555,7 @@ def test_valid_external_data_inside_the_folder_loads(tmp_path):
     external = load_onnx(_save(tmp_path, _external("mean.bin", tmp_path), "external.onnx"))
     X = np.random.default_rng(5).random((200, N_IN))
     assert np.array_equal(inline.logits(X), external.logits(X))
-    assert check_onnx(external, None, X).ok
+    assert check_onnx(external, X).ok
 
 
 def test_huge_declared_shape_is_refused_fast_and_small(tmp_path):
@@ -736,9 +736,9 @@ def test_backend_whose_solver_is_not_installed(tiny, monkeypatch, method, backen
 def test_check_onnx_arguments(tiny, tmp_path):
     net, x, _ = tiny
     with expect(InvalidArgumentError, "path='", "net was loaded from"):
-        check_onnx(net, tmp_path / "other.onnx", x)
+        check_onnx(net, x, path=tmp_path / "other.onnx")
     with expect(InvalidArgumentError, "X: shape (3, 2)"):
-        check_onnx(net, None, np.zeros((3, 2)))
+        check_onnx(net, np.zeros((3, 2)))
     with expect(InvalidArgumentError, "X: contains NaN"):
         net.predict(np.full((2, N_IN), np.nan))
 

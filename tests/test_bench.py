@@ -33,7 +33,7 @@ from bnnmip.bench import (
     summarize,
     write_csv,
 )
-from bnnmip.bench.cli import main as bench_main
+from bnnmip.cli import main as bench_main
 from bnnmip.io.onnx_writer import random_params, to_onnx
 
 REPO = Path(__file__).resolve().parents[1]

@@ -85,7 +85,7 @@ def test_random_networks_match_onnxruntime(tmp_path_factory, case):
     onnx.save(to_onnx(params, pattern), str(path))
     net = load_onnx(path, levels=levels)
     assert net.depth == len(params.weights) and net.n_classes == len(params.out_bias)
-    check = check_onnx(net, None, _inputs(net, levels, 0))
+    check = check_onnx(net, _inputs(net, levels, 0))
     assert check.ok, f"{pattern}: {check}"
 
 
@@ -259,7 +259,7 @@ def check_corrupted(data: bytes, folder: Path) -> str:
         return f"refused: {type(e).__name__}"
     X = np.random.default_rng(0).random((200, net.n_inputs))
     X[:3] = np.array([0.0, 1.0, 0.5])[:, None]
-    check = check_onnx(net, None, X)
+    check = check_onnx(net, X)
     assert check.ok, f"loaded a corrupted model that disagrees with onnxruntime: {check}"
     return "loaded"
 

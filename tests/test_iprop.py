@@ -53,16 +53,16 @@ def test_iprop_finds_flips_that_exist_and_never_lies(tmp_path, ib):
 def test_reuse_and_rebuild_solve_the_same_subproblems(tmp_path):
     """In-place updates change how a subproblem reaches the solver, never what it is: after the
     same sequence of changes, an in-place session and a rebuilt one reach the same optimum."""
-    from bnnmip.attacks import iprop
-    from bnnmip.bounds import input_box, interval_bounds_from_box
-    from bnnmip.milp.formulation import snap_to_box
+    from bnnmip.attacks import iprop_layers
+    from bnnmip.bounds import interval_bounds_from_box
+    from bnnmip.box import input_box
 
     net, rng = _net(tmp_path, 3, n=6, widths=(8, 7, 5), levels=6)
     x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
     box = input_box(net, x, 3 / net.levels)
     bounds = interval_bounds_from_box(net, box)
-    data = iprop._layer_data(net, 2, box, bounds, snap_to_box(net, x, box), 0.0)
-    solvers = [iprop._BinaryMilp(data, "highs", reuse, None, 0.0) for reuse in (True, False)]
+    data = iprop_layers.layer_data(net, 2, box, bounds, box.snap(x), 0.0)
+    solvers = [iprop_layers.BinaryMilp(data, "highs", reuse, None, 0.0) for reuse in (True, False)]
     m, n = len(data.theta), len(data.inputs)
     solved = 0
     for _ in range(15):

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from milp_nets import MODELS, small_model, tiny_case
 
 from bnnmip import InvalidArgumentError, MilpModel, attack_milp, load_onnx
+from bnnmip.backends import RebuildSession, open_session
 from bnnmip.io.datasets import load_npz
-from bnnmip.milp.session import RebuildSession, open_session
 
 
 def test_evaluate_and_violation():

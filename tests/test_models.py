@@ -44,7 +44,7 @@ def _ids(entry):
 
 
 def _assert_parity(net, X, what: str):
-    check = bnnmip.check_onnx(net, None, X)
+    check = bnnmip.check_onnx(net, X)
     assert check.agree == len(X) and len(check.mismatches) == 0, f"{what}: {check}"
     assert len(check.ties) == 0, f"{what}: {check}"  # Where(>=) binarization: no Sign(0)
     assert check.max_logit_error <= 1e-4, f"{what}: {check}"

@@ -16,7 +16,7 @@ import pytest
 
 import bnnmip
 from bnnmip.io.onnx_writer import random_params, to_onnx
-from bnnmip.network import CHUNK_ROWS, PARALLEL_ROWS, chunk_rows, single_threaded_blas
+from bnnmip.threads import CHUNK_ROWS, PARALLEL_ROWS, chunk_rows, single_threaded_blas
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -30,7 +30,7 @@ def _inputs(net, n: int = 3000, seed: int = 0) -> np.ndarray:
 
 
 def _check_parity(net, X) -> bnnmip.OnnxCheck:
-    check = bnnmip.check_onnx(net, None, X)
+    check = bnnmip.check_onnx(net, X)
     assert check.ok, str(check)
     assert check.agree == len(X) and len(check.mismatches) == 0, str(check)
     assert check.max_logit_error <= 1e-4
@@ -254,7 +254,7 @@ def test_sign_ties_are_reported(tmp_path):
     assert net.layers[1].sign_ties.all()
     assert "Sign(0) ties" in net.summary()
     X = np.random.default_rng(15).random((4000, 10))
-    check = bnnmip.check_onnx(net, None, X)
+    check = bnnmip.check_onnx(net, X)
     assert len(check.ties) > 100, str(check)
     assert check.ok, str(check)  # every difference is on a reported tie
     assert set(check.mismatches) <= set(check.ties)

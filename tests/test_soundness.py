@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,10 @@ def test_the_checks_catch_a_fake_adversarial_and_a_false_certificate(tmp_path):
     result = soundness.attack(inst.net, inst.x, inst.eps, method="milp", time_limit=5)
     assert result.status == "adversarial"
     assert soundness.check_result(inst, "milp/highs", "milp", result, truth) == []
-    result.x_adv, result.verified = inst.x.copy(), True
+    result = replace(result, x_adv=inst.x.copy(), verified=True)
     assert any("fake adversarial" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
-    result.x_adv = np.clip(inst.x + 2 * inst.eps + 0.01, -1, 2)
+    result = replace(result, x_adv=np.clip(inst.x + 2 * inst.eps + 0.01, -1, 2))
     assert any("outside the box" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
-    result.status, result.x_adv = "robust", None
+    result = replace(result, status="robust", x_adv=None)
     assert any("false certificate" in v for v in soundness.check_result(inst, "forged", "milp", result, truth))
-    result.status = "robust"
     assert any("cannot prove" in v for v in soundness.check_result(inst, "forged", "pgd", result, truth))

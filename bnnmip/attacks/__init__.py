@@ -5,12 +5,14 @@ from __future__ import annotations
 import inspect
 
 from ..errors import InvalidArgumentError
-from ..network import BNN, single_threaded_blas
+from ..network import BNN
+from ..threads import single_threaded_blas
+from ..validate import check_choice
 from .combined import best_attack, iprop_pgd_attack
 from .iprop import iprop_attack
-from .milp import milp_attack
+from .milp import TargetOutcome, milp_attack
 from .pgd import pgd_attack
-from .result import AttackResult
+from .result import AttackResult, OnnxRecheck
 
 METHODS = {
     "milp": milp_attack,
@@ -32,8 +34,7 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
     solver ('highs', 'scip', 'cvxpy') for the methods that solve MILPs.  Other keyword options go
     to the method (see each method's docstring).
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise InvalidArgumentError(f"method={method!r}: expected one of {sorted(METHODS)}")
+    check_choice(method, METHODS, "method")
     accepted = inspect.signature(METHODS[method]).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(options) - set(accepted))
@@ -45,5 +46,5 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
         return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, **options)
 
 
-__all__ = ["METHODS", "AttackResult", "attack", "best_attack", "iprop_attack", "iprop_pgd_attack", "milp_attack",
-           "pgd_attack"]
+__all__ = ["METHODS", "AttackResult", "OnnxRecheck", "TargetOutcome", "attack", "best_attack", "iprop_attack",
+           "iprop_pgd_attack", "milp_attack", "pgd_attack"]

@@ -7,11 +7,13 @@ earlier stage already flipped the prediction.
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 
-from ..bounds import check_input
-from ..milp.model import check_time_limit
+from ..box import check_input
+from ..errors import InvalidArgumentError
 from ..network import BNN
+from ..status import Verdict
+from ..timing import Deadline
 from .iprop import iprop_attack
 from .milp import milp_attack
 from .pgd import pgd_attack
@@ -23,26 +25,29 @@ PGD_SHARE = 0.2
 
 
 def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str) -> AttackResult:
-    t0 = time.perf_counter()
-    time_limit = check_time_limit(time_limit)
+    deadline = Deadline.start(time_limit)
+    if not deadline.limited:
+        raise InvalidArgumentError(f"time_limit=None: method {method!r} shares a time budget between its stages; "
+                                   "give a number of seconds")
     xf = check_input(net, x)
     start, trace, best, details = None, [], None, {}
     for share, attack_fn, options in stages:
-        remaining = time_limit - (time.perf_counter() - t0)
-        if remaining <= 0.05:
+        if deadline.expired(0.05):
             break
-        budget = remaining if share is None else min(remaining, share * time_limit)
-        offset = time.perf_counter() - t0
+        budget = deadline.remaining()
+        if share is not None:
+            budget = min(budget, share * (deadline.end - deadline.t0))
+        offset = deadline.elapsed()
         kwargs = dict(options, **({"start": start} if start is not None else {}))
         result = attack_fn(net, xf, eps, target=target, time_limit=budget, backend=backend, **kwargs)
         trace += [(offset + t, f) for t, f in result.trace if not trace or f > trace[-1][1]]
-        details[result.method] = {k: v for k, v in result.details.items() if k != "x_best"}
-        start, best = result.details.get("x_best", start), result
-        if result.status in ("adversarial", "robust"):
+        details[result.method] = result.details
+        start = result.x_best if result.x_best is not None else start
+        best = result
+        if result.status in (Verdict.ADVERSARIAL, Verdict.ROBUST):
             break
-    best.method, best.backend, best.trace, best.time = method, backend, trace, time.perf_counter() - t0
-    best.details = {**details, "x_best": start}
-    return best
+    return replace(best, method=method, backend=backend, trace=trace, time=deadline.elapsed(), details=details,
+                   x_best=start)
 
 
 def iprop_pgd_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0,

@@ -19,19 +19,19 @@ The answer is exact when the two meet, which also means radius ``r* - 1`` was pr
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bounds import check_input, check_levels
+from ..box import DEFAULT_LEVELS, check_input, on_grid
 from ..errors import InvalidArgumentError
-from ..milp.model import check_time_limit
 from ..network import BNN
+from ..status import SearchStatus, Verdict
+from ..timing import Deadline
+from ..validate import check_levels
 from .milp import milp_attack
 from .pgd import pgd_attack
 
-_ON_GRID_TOL = 1e-6  # in grid steps
 _PGD_SECONDS = 2.0  # at most, after an undecided MILP while growing: a flip found bounds the radius
 
 
@@ -64,16 +64,16 @@ class MinimalEpsResult:
     message: str = ""
 
     @property
-    def status(self) -> str:
+    def status(self) -> SearchStatus:
         """'exact' (the minimal radius is known), 'robust' (no radius flips) or 'bounds'."""
         if self.exact:
-            return "robust" if self.steps is None else "exact"
-        return "bounds"
+            return SearchStatus.ROBUST if self.steps is None else SearchStatus.EXACT
+        return SearchStatus.BOUNDS
 
     def summary(self) -> str:
-        if self.status == "exact":
+        if self.status == SearchStatus.EXACT:
             answer = f"{self.steps} steps = {self.eps:g} (radius {self.steps - 1} proven robust)"
-        elif self.status == "robust":
+        elif self.status == SearchStatus.ROBUST:
             answer = "no radius up to the whole input range changes the prediction"
         else:
             upper = "-" if self.found_adversarial_at is None else str(self.found_adversarial_at)
@@ -92,7 +92,7 @@ class MinimalEpsResult:
         return "\n".join(f"{k:<10} {v}" for k, v in rows)
 
 
-def minimal_eps(net: BNN, x, *, levels: int = 255, time_limit: float | None = 60.0, backend: str = "highs",
+def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float | None = 60.0, backend: str = "highs",
                 bounds: str = "interval", threads: int | None = None, solver: str | None = None
                 ) -> MinimalEpsResult:
     """The smallest L∞ radius on the grid of ``levels`` steps at which some input changes the prediction.
@@ -103,26 +103,24 @@ def minimal_eps(net: BNN, x, *, levels: int = 255, time_limit: float | None = 60
     levels = check_levels(levels)
     if levels is None:
         raise InvalidArgumentError("levels=None: minimal_eps measures radii in grid steps; give levels")
-    time_limit = check_time_limit(time_limit)
+    deadline = Deadline.start(time_limit)
     xf = check_input(net, x)
     lo, hi = net.input_range
-    step = (hi - lo) / levels
-    k = (xf - lo) / step
-    if np.abs(k - np.rint(k)).max(initial=0.0) > _ON_GRID_TOL:
-        i = int(np.argmax(np.abs(k - np.rint(k))))
+    off_grid = np.flatnonzero(~on_grid(xf, levels, net.input_range))
+    if len(off_grid):
+        i = int(off_grid[0])
         raise InvalidArgumentError(f"x: input {i} = {xf[i]!r} is not on the grid of levels={levels}")
-    search = _Search(net, xf, levels, step, time_limit, backend, bounds, threads, solver)
+    search = _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver)
     return search.run()
 
 
 class _Search:
     """The state of one search: the bracket [robust, adversarial] and the decisions made."""
 
-    def __init__(self, net, x, levels, step, time_limit, backend, bounds, threads, solver):
+    def __init__(self, net, x, levels, step, deadline: Deadline, backend, bounds, threads, solver):
         self.net, self.x, self.levels, self.step = net, x, levels, step
-        self.time_limit, self.backend, self.bounds, self.threads, self.solver = (time_limit, backend, bounds,
-                                                                                 threads, solver)
-        self.t0 = time.perf_counter()
+        self.deadline, self.backend, self.bounds, self.threads, self.solver = (deadline, backend, bounds,
+                                                                               threads, solver)
         self.label = int(net.predict(x)[0])
         self.robust = 0  # largest radius proven robust
         self.flip = None  # (radius, x_adv, adv_label, verified) of the closest verified flip
@@ -130,7 +128,7 @@ class _Search:
         self.decisions = []
 
     def left(self) -> float:
-        return np.inf if self.time_limit is None else self.time_limit - (time.perf_counter() - self.t0)
+        return self.deadline.remaining()
 
     def upper(self) -> int:
         return self.levels + 1 if self.flip is None else self.flip[0]
@@ -141,20 +139,20 @@ class _Search:
         With ``heuristic``, an undecided MILP is followed by a short PGD run, which may still find
         a (verified) flip and so an upper bound.
         """
-        budget = None if self.time_limit is None else max(self.left() * share, 0.0)
+        budget = max(self.left() * share, 0.0) if self.deadline.limited else None
         if budget is not None and budget <= 0.05:
-            return "unknown"
+            return Verdict.UNKNOWN
         result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
                              levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
         self.decisions.append((r, result.status, result.time))
-        if result.status == "unknown" and heuristic:
+        if result.status == Verdict.UNKNOWN and heuristic:
             quick = min(_PGD_SECONDS, 0.1 * self.left())
             if quick > 0.05:
                 result = pgd_attack(self.net, self.x, r * self.step, time_limit=quick, levels=self.levels)
                 self.decisions.append((r, f"pgd: {result.status}", result.time))
-        if result.status == "robust":
+        if result.status == Verdict.ROBUST:
             self.robust = max(self.robust, r)
-        elif result.status == "adversarial":
+        elif result.status == Verdict.ADVERSARIAL:
             distance = int(np.rint(np.abs(result.x_adv - self.x).max() / self.step))
             if distance <= self.robust:  # a flip inside a box proven robust: a bnnmip bug, never data
                 raise AssertionError(f"flip at distance {distance} inside radius {self.robust} proven robust")
@@ -207,5 +205,5 @@ class _Search:
             exact=exact, steps=steps, eps=None if steps is None else steps * self.step,
             proven_robust_below=self.robust + 1, found_adversarial_at=upper, x_adv=x_adv, label=self.label,
             adv_label=adv_label, verified=verified, levels=self.levels, step=self.step,
-            time=time.perf_counter() - self.t0, backend=self.backend, decisions=self.decisions, message=message,
+            time=self.deadline.elapsed(), backend=self.backend, decisions=self.decisions, message=message,
         )

@@ -42,18 +42,19 @@ onnxruntime confirms.  PGD never claims 'robust'.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends import BACKENDS
-from ..bounds import InputBox, check_eps, check_input, input_box
+from ..box import InputBox, check_input, input_box
 from ..errors import InvalidArgumentError
-from ..milp.model import check_time_limit
+from ..milp.backend import backend_names
 from ..network import BNN, InputBinarization, Layer
-from .result import AttackResult, Tracker
+from ..timing import Deadline
+from ..validate import check_choice, check_eps, check_positive_int, check_seed
+from .result import AttackResult
+from .tracker import Tracker
 
 _FINAL_STEP_FRACTION = 0.1  # the schedule ends at a tenth of its first step
 
@@ -238,18 +239,17 @@ def pgd_attack(
     AttackResult
         'adversarial' with a verified ``x_adv`` (stops at the first), else 'unknown'; never 'robust'.
     """
-    t0 = time.perf_counter()
-    time_limit = check_time_limit(time_limit)
-    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):  # unused, but no typos
-        raise InvalidArgumentError(f"backend={backend!r}: expected one of {sorted(BACKENDS)}")
+    deadline = Deadline.start(time_limit)
+    if backend is not None:  # unused, but no typos
+        check_choice(backend, backend_names(), "backend")
     xf, eps = check_input(net, x), check_eps(eps)
     box = input_box(net, xf, eps, levels)
     if restarts is None:  # the paper gives every method the same time: restart until it is up
-        restarts = 2**62 if time_limit is not None else 256
+        restarts = 2**62 if deadline.limited else 256
     opts = _check_options(box, eps, restarts, steps, batch, step_size)
-    rng = _check_seed(seed)
-    tracker = Tracker(net, xf, eps, box, target, t0=t0)
-    run = _Run(Surrogate.of(net), tracker, box, opts, rng, math.inf if time_limit is None else t0 + time_limit)
+    rng = np.random.default_rng(check_seed(seed))
+    tracker = Tracker(net, xf, eps, box, target, t0=deadline.t0)
+    run = _Run(Surrogate.of(net), tracker, box, opts, rng, deadline.end)
     stop = run.all_restarts()
     message = {"flip": "", "time": "time limit reached", "budget": "step budget exhausted"}[stop]
     details = {"iterations": run.iterations, "restarts": run.restarts_started, "random_steps": run.random_steps,
@@ -292,15 +292,11 @@ class _Run:
             if time.perf_counter() >= self.deadline:
                 return "time"
             _, grad = self.surrogate.value_and_grad(X, self.tracker.label, mask)
-            X = _project(X + alpha * self._directions(grad), self.box, self._lo)
+            X = self.box.snap(X + alpha * self._directions(grad))
             self.iterations += 1
             if self.tracker.offer_batch(X):
                 return "flip"
         return None
-
-    @property
-    def _lo(self) -> float:
-        return self.tracker.net.input_range[0]
 
     def _directions(self, grad: np.ndarray) -> np.ndarray:
         """sign(grad), with a random ±1 direction for the rows whose gradient vanished."""
@@ -314,13 +310,9 @@ class _Run:
 
     def _starts(self, rows: int) -> np.ndarray:
         """Uniform random points of the box (grid points on a grid); the very first start is x."""
-        box = self.box
-        if box.step is None:
-            X = self.rng.uniform(box.lower, box.upper, size=(rows, len(box.lower)))
-        else:
-            X = self._lo + box.step * self.rng.integers(box.k_lower, box.k_upper + 1, size=(rows, len(box.lower)))
+        X = self.box.random(self.rng, rows)
         if self.restarts_started == 0:
-            X[0] = _project(self.tracker.x[None, :], box, self._lo)[0]
+            X[0] = self.box.snap(self.tracker.x)
         return X
 
     def _masks(self, rows: int) -> np.ndarray:
@@ -338,17 +330,9 @@ def _schedule(opts: PgdOptions) -> np.ndarray:
     return np.maximum(alpha, opts.min_step)
 
 
-def _project(X: np.ndarray, box: InputBox, lo: float) -> np.ndarray:
-    """Onto the box, and onto its grid ``lo + k step`` (the nearest ``k`` in ``[k_lower, k_upper]``)."""
-    if box.step is None:
-        return np.clip(X, box.lower, box.upper)
-    return lo + box.step * np.clip(np.rint((X - lo) / box.step), box.k_lower, box.k_upper)
-
-
 def _check_options(box: InputBox, eps: float, restarts, steps, batch, step_size) -> PgdOptions:
     for name, value in (("restarts", restarts), ("steps", steps), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InvalidArgumentError(f"{name}={value!r}: expected a positive integer")
+        check_positive_int(value, name)
     is_number = isinstance(step_size, (int, float, np.integer, np.floating)) and not isinstance(step_size, bool)
     if step_size is None:
         step_size = eps / 4
@@ -356,9 +340,3 @@ def _check_options(box: InputBox, eps: float, restarts, steps, batch, step_size)
         raise InvalidArgumentError(f"step_size={step_size!r}: expected a positive number or None")
     min_step = 0.0 if box.step is None else box.step
     return PgdOptions(int(restarts), int(steps), int(batch), float(step_size), min_step)
-
-
-def _check_seed(seed) -> np.random.Generator:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise InvalidArgumentError(f"seed={seed!r}: expected a non-negative integer or None")
-    return np.random.default_rng(seed)

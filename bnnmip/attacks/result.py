@@ -1,33 +1,83 @@
-"""AttackResult: what every attack returns, and the onnxruntime re-check behind ``verified``."""
+"""What every attack returns (:class:`AttackResult`) and the onnxruntime re-check behind ``verified``."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bounds import InputBox
-from ..errors import ExactnessError
+from ..io.runtime import onnx_logits
 from ..network import BNN
+from ..status import Verdict
 
-STATUSES = ("adversarial", "robust", "unknown")
-_BOX_TOL = 1e-9
+_EPS_TOL = 1e-9  # relative to the input range: float noise in a distance that is exactly eps
 
 
-@dataclass
+@dataclass(frozen=True)
+class OnnxRecheck:
+    """An adversarial input re-checked on its own terms, independently of how the attack found it.
+
+    onnxruntime runs the *original* ONNX graph on ``x_adv``; the distance to the clean input and the
+    input range are measured afresh.  ``ok`` only when all three hold: the label changed in
+    onnxruntime, ``linf <= eps`` and every value lies in the network's input range.
+    """
+
+    onnx_label: int
+    clean_label: int
+    linf: float
+    eps: float
+    in_range: bool
+
+    @property
+    def label_changed(self) -> bool:
+        return self.onnx_label != self.clean_label
+
+    @property
+    def within_eps(self) -> bool:
+        return self.linf <= self.eps
+
+    @property
+    def ok(self) -> bool:
+        return self.label_changed and self.within_eps and self.in_range
+
+    def describe(self) -> str:
+        """One line: what onnxruntime said and what was measured."""
+        if self.ok:
+            return f"confirmed (label {self.clean_label} -> {self.onnx_label}, max |dx| {self.linf:.6g} <= eps)"
+        problems = [text for bad, text in ((not self.label_changed, f"onnxruntime still predicts {self.onnx_label}"),
+                                           (not self.within_eps, f"max |dx| {self.linf:.6g} > eps {self.eps:.6g}"),
+                                           (not self.in_range, "values outside the input range")) if bad]
+        return "NOT confirmed: " + "; ".join(problems)
+
+
+def recheck(net: BNN, x: np.ndarray, x_adv: np.ndarray, eps: float, clean_label: int) -> OnnxRecheck | None:
+    """:class:`OnnxRecheck` of ``x_adv`` against the clean input ``x`` (None: ``net`` has no ONNX origin)."""
+    if net.origin is None:
+        return None
+    lo, hi = net.input_range
+    x_adv = np.asarray(x_adv, np.float64).reshape(-1)
+    onnx_label = int(np.argmax(onnx_logits(net, x_adv)[0]))
+    linf = float(np.abs(x_adv - np.asarray(x, np.float64).reshape(-1)).max(initial=0.0))
+    tol = _EPS_TOL * (hi - lo)
+    in_range = bool(np.all(x_adv >= lo) and np.all(x_adv <= hi))
+    return OnnxRecheck(onnx_label, int(clean_label), linf, float(eps) + tol, in_range)
+
+
+@dataclass(frozen=True)
 class AttackResult:
     """The outcome of one attack on one input.
 
-    ``status`` is 'adversarial' (``x_adv`` changes the prediction: checked by bnnmip's exact
-    forward pass and, when the network came from ONNX, by onnxruntime on the original graph:
-    ``verified``), 'robust' (a MILP solved to optimality proved that no input in the box changes
-    the prediction) or 'unknown'.  ``objective`` is the best exact ``logit[t] - logit[label]``
-    found (the maximum over targets when untargeted), ``bound`` an upper bound on it when a solver
-    gave one, ``trace`` the anytime curve as (seconds, best objective).
+    ``status`` is a :class:`~bnnmip.status.Verdict`: 'adversarial' (``x_adv`` changes the
+    prediction: checked by bnnmip's exact forward pass and, when the network came from ONNX, by
+    :class:`OnnxRecheck` — label, L∞ distance and input range — whose outcome is ``verified``),
+    'robust' (a complete proof that no input in the box changes the prediction) or 'unknown'.
+    ``objective`` is the best exact ``logit[t] - logit[label]`` found (the maximum over targets when
+    untargeted), ``bound`` an upper bound on it when a solver gave one, ``trace`` the anytime curve
+    as (seconds, best objective).  ``x_best`` is the best input found, flip or not (a warm start
+    for other attacks); ``linf`` the L∞ distance of ``x_adv`` from the clean input.
     """
 
-    status: str
+    status: Verdict
     x_adv: np.ndarray | None
     label: int
     adv_label: int | None
@@ -42,10 +92,13 @@ class AttackResult:
     eps: float = 0.0
     message: str = ""
     details: dict = field(default_factory=dict)
+    x_best: np.ndarray | None = None
+    linf: float | None = None
+    check: OnnxRecheck | None = None
 
     def summary(self) -> str:
         rows = [
-            ("status", self.status + (" (verified by onnxruntime)" if self.verified else "")),
+            ("status", str(self.status) + (" (verified by onnxruntime)" if self.verified else "")),
             ("method", self.method + (f" / {self.backend}" if self.backend else "")),
             ("eps", f"{self.eps:g}"),
             ("label", str(self.label)),
@@ -55,128 +108,10 @@ class AttackResult:
             ("bound", "-" if self.bound is None else f"{self.bound:.6g}"),
             ("time", f"{self.time:.2f} s"),
         ]
-        if self.x_adv is not None and self.status == "adversarial":
-            rows.append(("max |dx|", f"{self.details.get('linf', float('nan')):.6g}"))
+        if self.x_adv is not None and self.status == Verdict.ADVERSARIAL:
+            rows.append(("max |dx|", "-" if self.linf is None else f"{self.linf:.6g}"))
+        if self.check is not None:
+            rows.append(("onnxruntime", self.check.describe()))
         if self.message:
             rows.append(("note", self.message))
         return "\n".join(f"{k:<10} {v}" for k, v in rows)
-
-
-def in_box(x_adv: np.ndarray, box: InputBox, lo_range: float) -> bool:
-    """Whether ``x_adv`` lies in the box (and on its grid, when it has one)."""
-    if np.any(x_adv < box.lower - _BOX_TOL) or np.any(x_adv > box.upper + _BOX_TOL):
-        return False
-    if box.step is not None:
-        k = (x_adv - lo_range) / box.step
-        return bool(np.all(np.abs(k - np.rint(k)) <= 1e-6))
-    return True
-
-
-def judge(net: BNN, x_adv: np.ndarray, label: int, box: InputBox) -> tuple[bool, int, bool]:
-    """(flips, adv_label, verified) for a candidate: exact forward, then onnxruntime.
-
-    A candidate outside the box is a bug in bnnmip, never a result: it raises ExactnessError.
-    """
-    from ..io.runtime import onnx_logits
-
-    if not in_box(x_adv, box, net.input_range[0]):
-        raise ExactnessError("an attack produced an input outside its perturbation box (a bnnmip bug)")
-    adv_label = int(net.predict(x_adv)[0])
-    flips = adv_label != label
-    if not flips or net.origin is None:
-        return flips, adv_label, False
-    onnx_label = int(np.argmax(onnx_logits(net, x_adv)[0]))
-    return flips, adv_label, onnx_label != label
-
-
-def attack_targets(net: BNN, logits: np.ndarray, target: int | None) -> tuple[int, list[int]]:
-    """(label, targets): every other class in order of the clean logit gap, or just ``target``."""
-    from ..milp.formulation import check_target
-
-    label = int(np.argmax(logits))
-    if target is not None:
-        return label, [check_target(net, label, target)]
-    order = np.argsort(logits[label] - logits, kind="stable")
-    return label, [int(t) for t in order if t != label]
-
-
-@dataclass
-class Tracker:
-    """The anytime state every attack shares: best exact objective, its input, the trace, the flip.
-
-    ``objective(x') = max over targets of logit[t] - logit[label]`` by bnnmip's exact forward pass.
-    :meth:`offer` judges candidates (a flip counts once onnxruntime agrees, when the network came
-    from ONNX); :meth:`result` turns the state into an :class:`AttackResult`.
-    """
-
-    net: BNN
-    x: np.ndarray
-    eps: float
-    box: InputBox
-    target: int | None = None
-    t0: float = field(default_factory=time.perf_counter)
-
-    def __post_init__(self):
-        logits = self.net.logits(self.x)[0]
-        self.label, self.targets = attack_targets(self.net, logits, self.target)
-        self.best = self.objective(logits)
-        self.x_best = self.x
-        self.trace = [(0.0, self.best)]
-        self.flip: tuple | None = None  # (x_adv, adv_label, verified)
-        self.unverified = 0
-
-    def objective(self, logits: np.ndarray):
-        """``max over targets of logit[t] - logit[label]`` (a float, or one per row of a batch)."""
-        value = np.max(logits[..., self.targets], axis=-1) - logits[..., self.label]
-        return float(value) if np.ndim(value) == 0 else value
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def offer(self, x_adv: np.ndarray, objective: float | None = None) -> bool:
-        """Judge one candidate input; True once some flip counts (the attack may stop).
-
-        ``x_adv`` becomes the reported flip when it improves the best objective and flips the
-        prediction in bnnmip's exact forward pass and in onnxruntime.
-        """
-        f = self.objective(self.net.logits(x_adv)[0]) if objective is None else objective
-        improved = f > self.best
-        if improved:
-            self.best, self.x_best = f, x_adv
-            self.trace.append((self.elapsed(), f))
-        # Only f >= 0 can change the prediction (f == 0: a tie the argmax may break our way).
-        if f >= 0 and (improved or self.flip is None):
-            flips, adv_label, verified = judge(self.net, x_adv, self.label, self.box)
-            if flips and (verified or self.net.origin is None):
-                self.flip = (x_adv, adv_label, verified)
-            else:
-                self.unverified += flips
-        return self.flip is not None
-
-    def offer_batch(self, X: np.ndarray) -> bool:
-        """Judge a batch (exact logits in one pass; only the best candidate can improve)."""
-        objectives = self.objective(self.net.logits(X))
-        i = int(np.argmax(objectives))
-        return self.offer(X[i], float(objectives[i]))
-
-    def result(self, method: str, backend: str | None = None, *, robust: bool = False, bound: float | None = None,
-               message: str = "", details: dict | None = None) -> AttackResult:
-        """The :class:`AttackResult`: adversarial if a flip counted, robust only if ``robust`` was proved."""
-        details = dict(details or {})
-        details["x_best"] = self.x_best  # the best input found, flip or not (a warm start for others)
-        if self.flip is not None:
-            x_adv, adv_label, verified = self.flip
-            status = "adversarial"
-            details["linf"] = float(np.abs(x_adv - self.x).max())
-        else:
-            x_adv, adv_label, verified = None, None, False
-            status = "robust" if robust else "unknown"
-        if self.unverified:
-            note = f"{self.unverified} candidate(s) flipped in bnnmip but not in onnxruntime"
-            message = f"{message}; {note}" if message else note
-        return AttackResult(
-            status=status, x_adv=x_adv, label=self.label, adv_label=adv_label, objective=self.best, bound=bound,
-            time=self.elapsed(), method=method, backend=backend,
-            trace=list(self.trace), verified=verified, target=self.target, eps=self.eps, message=message,
-            details=details,
-        )

@@ -1,42 +1,45 @@
-"""Solver backends: one module per solver, the same small interface, explicit status maps.
+"""Solver backends: one module per solver, the same interface, explicit status maps.
 
-Each backend module provides ``build(model)`` (the native solver object) and
-``solve(model, *, time_limit, threads, verbose, solver, start, on_incumbent, t0) -> MilpSolution``.
-Solvers are imported lazily, so a missing one is a clear :class:`~bnnmip.SolverError`.
+Each backend is a :class:`~bnnmip.backends.base.Backend` with declared
+:class:`~bnnmip.milp.backend.Capabilities`; importing this package registers them, so
+``MilpModel.solve(backend=name)`` finds them.  Solver packages are imported lazily: a missing one
+is a clear :class:`~bnnmip.SolverError` when used.  A new backend is one module and one entry of
+:data:`BACKENDS`.
 """
 
 from __future__ import annotations
 
-import importlib
+from ..errors import SolverError
+from ..milp.backend import Capabilities, SolveOptions, backend_names, get_backend, register_backend
+from .base import Backend
+from .cvxpy_backend import CvxpyBackend
+from .highs import HighsBackend
+from .scip import ScipBackend
+from .session import RebuildSession, open_session
 
-from ..errors import InvalidArgumentError, SolverError
+BACKENDS: dict[str, Backend] = {b.name: b for b in (HighsBackend(), ScipBackend(), CvxpyBackend())}
+for _backend in BACKENDS.values():
+    register_backend(_backend)
 
-# backend name -> (module inside bnnmip.backends, python package it needs)
-BACKENDS = {"highs": ("highs", "highspy"), "scip": ("scip", "pyscipopt"), "cvxpy": ("cvxpy_backend", "cvxpy")}
 
-
-def get_backend(name: str):
-    """The backend module called ``name``; raises a clear error if unknown or not installed."""
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise InvalidArgumentError(f"backend={name!r}: expected one of {sorted(BACKENDS)}")
-    module, package = BACKENDS[name]
-    try:
-        importlib.import_module(package)
-    except ImportError as e:
-        raise SolverError(
-            f"backend={name!r} needs the Python package {package!r}, which is not installed "
-            f"(pip install {package}): {e}"
-        ) from e
-    return importlib.import_module(f"{__name__}.{module}")
+def require_backend(name: str) -> Backend:
+    """The backend called ``name``, with its solver package installed (else a clear error)."""
+    backend = get_backend(name)
+    backend.require()
+    return backend
 
 
 def available_backends() -> list[str]:
-    """Names of the backends whose solver package imports."""
+    """Names of the backends whose solver package is installed."""
     out = []
-    for name in BACKENDS:
+    for name in backend_names():
         try:
-            get_backend(name)
+            require_backend(name)
             out.append(name)
         except SolverError:
             pass
     return out
+
+
+__all__ = ["BACKENDS", "Backend", "Capabilities", "RebuildSession", "SolveOptions", "available_backends",
+           "backend_names", "get_backend", "open_session", "register_backend", "require_backend"]

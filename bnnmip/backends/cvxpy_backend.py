@@ -3,15 +3,20 @@ their own constraints; ``solver=`` picks any MILP-capable CVXPY solver (HIGHS by
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
-import cvxpy as cp
 import numpy as np
-from cvxpy.reductions.solvers.conic_solvers.scip_conif import SCIP
 
 from ..errors import InvalidArgumentError, SolverError
-from ..milp.model import MilpModel, MilpSolution, relative_gap, remaining_time
+from ..milp.backend import Capabilities, SolveOptions
+from ..milp.model import MilpModel
+from ..milp.solution import MilpSolution
+from ..status import SolveStatus
+from ..timing import Deadline
+from .base import Backend
+from .highs import new_highs, solver_limit
 
 NAME = "cvxpy"
 
@@ -23,32 +28,39 @@ _OPTIONS = {
 }
 
 
-class _DeadlineSCIP(SCIP):
+@functools.cache
+def _deadline_scip_class():
     """CVXPY's own SCIP interface, with the time limit set once that interface has built its model.
 
     CVXPY builds the SCIP model entry by entry (seconds for large models), and SCIP's clock starts
     only when it solves, so a limit fixed in advance would overrun by the build time.
     """
+    from cvxpy.reductions.solvers.conic_solvers.scip_conif import SCIP
 
-    def __init__(self, deadline: float | None):
-        super().__init__()
-        self.deadline = deadline
+    class DeadlineSCIP(SCIP):
+        def __init__(self, deadline: float | None):
+            super().__init__()
+            self.deadline = deadline
 
-    def name(self) -> str:
-        return "BNNMIP_SCIP"  # CVXPY requires custom solvers to have their own name
+        def name(self) -> str:
+            return "BNNMIP_SCIP"  # CVXPY requires custom solvers to have their own name
 
-    def _set_params(self, model, verbose, solver_opts, data, dims) -> None:
-        super()._set_params(model, verbose, solver_opts, data, dims)
-        if self.deadline is not None:
-            model.setParam("limits/time", max(self.deadline - time.perf_counter(), 0.0))
+        def _set_params(self, model, verbose, solver_opts, data, dims) -> None:
+            super()._set_params(model, verbose, solver_opts, data, dims)
+            if self.deadline is not None:
+                model.setParam("limits/time", max(self.deadline - time.perf_counter(), 0.0))
+
+    return DeadlineSCIP
 
 
-def build(model: MilpModel) -> tuple[cp.Problem, cp.Variable]:
+def build(model: MilpModel) -> tuple:
     """``(problem, x)`` where ``x[i]`` is column ``i`` of ``model``.
 
     Column bounds are the variable's ``bounds`` attribute (solvers that take variable bounds get
     them as such); rows are at most three sparse matrix constraints (equal, >=, <=).
     """
+    import cvxpy as cp  # lazy: a missing package is a clear SolverError (Backend.require)
+
     integer = np.flatnonzero(model.integrality)
     if len(integer) == model.num_cols and model.num_cols:
         kind = True
@@ -70,7 +82,7 @@ def build(model: MilpModel) -> tuple[cp.Problem, cp.Variable]:
     return cp.Problem(goal, constraints), x
 
 
-def _bound(problem: cp.Problem, solver: str, status: str, objective: float | None) -> float | None:
+def _bound(problem, solver: str, status: str, objective: float | None) -> float | None:
     """The solver's dual bound, in the model's own sense and with its constant.
 
     CVXPY hands every solver a minimisation (a maximisation is negated) without the constant, so
@@ -93,7 +105,7 @@ def _bound(problem: cp.Problem, solver: str, status: str, objective: float | Non
     return objective + sense * max(gap, 0.0)
 
 
-def _has_incumbent(problem: cp.Problem, solver: str, model: MilpModel, values) -> bool:
+def _has_incumbent(problem, solver: str, model: MilpModel, values) -> bool:
     """Whether CVXPY's values are a solution: at HiGHS's limit CVXPY passes on whatever vector HiGHS
     holds, feasible or not."""
     stats = problem.solver_stats.extra_stats if problem.solver_stats else None
@@ -113,7 +125,7 @@ def _hit_limit(raw_solution) -> bool:
     return False
 
 
-def _proved_optimal(problem: cp.Problem, solver: str) -> bool:
+def _proved_optimal(problem, solver: str) -> bool:
     """CVXPY says 'optimal' for some solvers' limits; read the solver's own status where we can."""
     stats = problem.solver_stats.extra_stats if problem.solver_stats else None
     if solver == "SCIP" and isinstance(stats, dict):
@@ -122,59 +134,90 @@ def _proved_optimal(problem: cp.Problem, solver: str) -> bool:
     return True
 
 
-def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
-          on_incumbent=None, t0: float, mip_gap=None) -> MilpSolution:
-    """Build, compile (CVXPY's reductions), then solve with what is left of ``time_limit``."""
-    solver = (solver or "HIGHS").upper()
-    if solver not in cp.installed_solvers():
-        raise SolverError(f"solver={solver!r}: not a CVXPY solver installed here ({cp.installed_solvers()})")
-    if time_limit and solver not in _OPTIONS:
-        raise InvalidArgumentError(f"solver={solver!r}: bnnmip cannot pass a time limit to it through CVXPY")
-    if solver == "HIGHS":
-        from .highs import new_highs
+class CvxpyBackend(Backend):
+    """The model as a ``cvxpy.Problem`` (``solver=`` picks HIGHS, the default, SCIP or another MILP solver).
 
-        new_highs()  # HiGHS prints its banner on the first instance of a process: let it be ours
-    problem, x = build(model)
-    deadline = None if time_limit is None else t0 + float(time_limit)
-    target = _DeadlineSCIP(deadline) if solver == "SCIP" else solver
-    try:
-        data, chain, inverse_data = problem.get_problem_data(target, verbose=verbose)
-    except cp.error.SolverError as e:
-        return MilpSolution.failure(NAME, "error", time.perf_counter() - t0, f"CVXPY/{solver}: {e}")
-    remaining = remaining_time(time_limit, t0)
-    if remaining is not None and remaining <= 0:
-        return MilpSolution.failure(NAME, "time_limit", time.perf_counter() - t0, "time limit reached while compiling")
-    gap = 1e-9 if mip_gap is None else float(mip_gap)
-    if solver == "HIGHS":
-        from .highs import solver_limit
+    Through CVXPY bnnmip cannot pass a warm start, receive incumbents or choose threads: those
+    options are refused.
+    """
 
-        # HiGHS overshoots its limit (see backends/highs.py) by up to ~1.5 s on a loaded machine, and
-        # through CVXPY bnnmip cannot interrupt it from a callback: keep a larger margin.
-        remaining = solver_limit(remaining, share=0.6, cap=1.5)
-    options = _OPTIONS[solver](remaining, gap) if solver in _OPTIONS else {}
-    raw_solution = None
-    try:
-        raw_solution = chain.solve_via_data(problem, data, False, verbose, options)
-        with warnings.catch_warnings():  # 'Solution may be inaccurate': bnnmip reports it as a status
-            warnings.simplefilter("ignore", UserWarning)
-            problem.unpack_results(raw_solution, chain, inverse_data)
-    except cp.error.SolverError as e:
-        status = "time_limit" if _hit_limit(raw_solution) else "error"
-        return MilpSolution.failure(NAME, status, time.perf_counter() - t0, f"CVXPY/{solver}: {e}")
-    elapsed = time.perf_counter() - t0
+    name = NAME
+    package = "cvxpy"
+    capabilities = Capabilities(lp=True, solver_choice=True)
+
+    def native(self, model: MilpModel):
+        self.require()
+        return build(model)
+
+    def _build(self, model: MilpModel, options: SolveOptions, deadline: Deadline) -> _Compiled:
+        import cvxpy as cp
+
+        solver = (options.solver or "HIGHS").upper()
+        if solver not in cp.installed_solvers():
+            raise SolverError(f"solver={solver!r}: not a CVXPY solver installed here ({cp.installed_solvers()})")
+        if deadline.limited and solver not in _OPTIONS:
+            raise InvalidArgumentError(f"solver={solver!r}: bnnmip cannot pass a time limit to it through CVXPY")
+        if solver == "HIGHS":
+            new_highs()  # HiGHS prints its banner on the first instance of a process: let it be ours
+        problem, x = build(model)
+        target = _deadline_scip_class()(deadline.end if deadline.limited else None) if solver == "SCIP" else solver
+        try:
+            data, chain, inverse_data = problem.get_problem_data(target, verbose=options.verbose)
+        except cp.error.SolverError as e:
+            return _Compiled(solver, problem, x, error=f"CVXPY/{solver}: {e}")
+        return _Compiled(solver, problem, x, data, chain, inverse_data)
+
+    def _configure(self, native: _Compiled, deadline: Deadline, options: SolveOptions) -> None:
+        remaining = deadline.seconds_left()
+        if native.solver == "HIGHS":
+            # HiGHS overshoots its limit (see backends/highs.py) by up to ~1.5 s on a loaded machine, and
+            # through CVXPY bnnmip cannot interrupt it from a callback: keep a larger margin.
+            remaining = solver_limit(remaining, share=0.6, cap=1.5)
+        gap = 1e-9 if options.mip_gap is None else float(options.mip_gap)
+        native.options = _OPTIONS[native.solver](remaining, gap) if native.solver in _OPTIONS else {}
+
+    def _run(self, native: _Compiled, model: MilpModel, deadline: Deadline, options: SolveOptions) -> MilpSolution:
+        import cvxpy as cp
+
+        if native.error:
+            return MilpSolution.failure(NAME, SolveStatus.ERROR, deadline.elapsed(), native.error)
+        problem, x, solver = native.problem, native.x, native.solver
+        raw_solution = None
+        try:
+            raw_solution = native.chain.solve_via_data(problem, native.data, False, options.verbose, native.options)
+            with warnings.catch_warnings():  # 'Solution may be inaccurate': bnnmip reports it as a status
+                warnings.simplefilter("ignore", UserWarning)
+                problem.unpack_results(raw_solution, native.chain, native.inverse_data)
+        except cp.error.SolverError as e:
+            status = SolveStatus.TIME_LIMIT if _hit_limit(raw_solution) else SolveStatus.ERROR
+            return MilpSolution.failure(NAME, status, deadline.elapsed(), f"CVXPY/{solver}: {e}")
+        return _read(problem, x, solver, model, deadline.elapsed())
+
+
+class _Compiled:
+    """A CVXPY problem compiled for one solver (or the error compiling it gave)."""
+
+    def __init__(self, solver: str, problem, x, data=None, chain=None, inverse_data=None, error: str = ""):
+        self.solver, self.problem, self.x = solver, problem, x
+        self.data, self.chain, self.inverse_data, self.error = data, chain, inverse_data, error
+        self.options: dict = {}
+
+
+def _read(problem, x, solver: str, model: MilpModel, elapsed: float) -> MilpSolution:
+    """The outcome of a CVXPY solve; a time-limited incumbent is never reported as optimal."""
     raw = problem.status
     if raw in ("infeasible", "infeasible_inaccurate"):
-        return MilpSolution.failure(NAME, "infeasible", elapsed, f"CVXPY/{solver}: {raw}")
+        return MilpSolution.failure(NAME, SolveStatus.INFEASIBLE, elapsed, f"CVXPY/{solver}: {raw}")
     if x.value is None or not _has_incumbent(problem, solver, model, x.value):
-        status = "time_limit" if raw in ("user_limit", "optimal_inaccurate", "solver_error") else "error"
+        limited = raw in ("user_limit", "optimal_inaccurate", "solver_error")
+        status = SolveStatus.TIME_LIMIT if limited else SolveStatus.ERROR
         return MilpSolution.failure(NAME, status, elapsed, f"CVXPY/{solver}: {raw}")
     values = np.asarray(x.value, np.float64)
     objective = model.evaluate(values)
-    # A time-limited incumbent is never reported as optimal ('optimal_inaccurate' is a limit).
-    optimal = raw == "optimal" and _proved_optimal(problem, solver)
+    optimal = raw == "optimal" and _proved_optimal(problem, solver)  # 'optimal_inaccurate' is a limit
     if raw == "optimal_inaccurate" and solver == "SCIP":
         optimal = _proved_optimal(problem, solver)
-    status = "optimal" if optimal else "feasible"
+    status = SolveStatus.OPTIMAL if optimal else SolveStatus.FEASIBLE
     bound = _bound(problem, solver, status, objective)
-    return MilpSolution(status, values, objective, bound, relative_gap(objective, bound), elapsed,
-                        f"{NAME}/{solver}", message=f"CVXPY status {raw}")
+    return MilpSolution.found(f"{NAME}/{solver}", status, values, objective, bound, elapsed,
+                              message=f"CVXPY status {raw}")

@@ -6,32 +6,24 @@ import math
 import time
 
 import numpy as np
-import pyscipopt
-from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
-from pyscipopt.scip import Expr, ExprCons, Term
 
-from ..milp.model import MilpModel, MilpSolution, relative_gap, remaining_time
+from ..milp.backend import Capabilities, SolveOptions
+from ..milp.model import MilpModel
+from ..milp.solution import MilpSolution
+from ..status import SolveStatus
+from ..timing import Deadline
+from .base import Backend, IncumbentTrace
 
-NAME = "scip"
 _STATUS = {
-    "optimal": "optimal",
-    "infeasible": "infeasible",
-    "timelimit": "time_limit",
-    "userinterrupt": "time_limit",
-    "gaplimit": "optimal",  # stopped at the requested gap: what HiGHS calls optimal too
-    "sollimit": "time_limit",
-    "bestsollimit": "time_limit",
-    "nodelimit": "time_limit",
-    "totalnodelimit": "time_limit",
-    "stallnodelimit": "time_limit",
+    "optimal": SolveStatus.OPTIMAL,
+    "infeasible": SolveStatus.INFEASIBLE,
+    "gaplimit": SolveStatus.OPTIMAL,  # stopped at the requested gap: what HiGHS calls optimal too
+    **{s: SolveStatus.TIME_LIMIT for s in ("timelimit", "userinterrupt", "sollimit", "bestsollimit", "nodelimit",
+                                           "totalnodelimit", "stallnodelimit")},
 }
 
 
-def _bound(value: float, model: pyscipopt.Model):
-    return None if not np.isfinite(value) else float(value)
-
-
-def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, list, list]:
+def build(model: MilpModel, verbose: bool = False) -> tuple:
     """A pyscipopt Model holding ``model``, its variables and its constraints, in order.
 
     pyscipopt has no array interface for linear rows, so each row is one ``Expr`` built from a
@@ -40,6 +32,9 @@ def build(model: MilpModel, verbose: bool = False) -> tuple[pyscipopt.Model, lis
     of the time, about 0.6 µs per nonzero; bypassing ``ExprCons`` normalisation or building dicts
     differently measured no faster (benchmarks/milp_build.py times it against CVXPY's routes).
     """
+    import pyscipopt  # lazy: a missing solver is a clear SolverError (Backend.require)
+    from pyscipopt.scip import Expr, ExprCons, Term
+
     scip = pyscipopt.Model(model.name)
     scip.hideOutput(not verbose)
     names = model.col_names()
@@ -72,30 +67,29 @@ def _optional(values: np.ndarray) -> list:
     return [v if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
 
 
-class _Incumbents(Eventhdlr):
-    """Records every new best solution; may interrupt the solve."""
+def _incumbent_handler(variables: list, trace: IncumbentTrace):
+    """A SCIP event handler that records every new best solution into ``trace`` and may interrupt."""
+    from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
 
-    def __init__(self, variables, t0, on_incumbent):
-        self.variables, self.t0, self.on_incumbent = variables, t0, on_incumbent
-        self.trace = []
+    class Incumbents(Eventhdlr):
+        def eventinit(self):
+            self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
 
-    def eventinit(self):
-        self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+        def eventexit(self):
+            self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
 
-    def eventexit(self):
-        self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
-
-    def eventexec(self, event):
-        sol = self.model.getBestSol()
-        objective = float(self.model.getSolObjVal(sol))
-        self.trace.append((time.perf_counter() - self.t0, objective))
-        if self.on_incumbent is not None:
-            values = np.array([self.model.getSolVal(sol, v) for v in self.variables])
-            if self.on_incumbent(values, objective):
+        def eventexec(self, event):
+            sol = self.model.getBestSol()
+            values = lambda: [self.model.getSolVal(sol, v) for v in variables]  # noqa: E731 (only if asked)
+            if self.trace.record(self.model.getSolObjVal(sol), values):
                 self.model.interruptSolve()
 
+    handler = Incumbents()
+    handler.trace = trace
+    return handler
 
-def configure(scip: pyscipopt.Model, time_limit: float | None, threads: int | None, verbose: bool,
+
+def configure(scip, time_limit: float | None, threads: int | None, verbose: bool,
               mip_gap: float | None = None) -> None:
     scip.hideOutput(not verbose)
     scip.setParam("limits/time", float(time_limit) if time_limit else 1e20)
@@ -103,12 +97,13 @@ def configure(scip: pyscipopt.Model, time_limit: float | None, threads: int | No
     scip.setParam("limits/absgap", 1e-9)
 
 
-def run(scip: pyscipopt.Model, variables: list, model: MilpModel, *, t0: float, start=None,
-        on_incumbent=None, handler: _Incumbents | None = None) -> MilpSolution:
+def run(scip, variables: list, model: MilpModel, *, t0: float, start=None, on_incumbent=None,
+        handler=None) -> MilpSolution:
+    trace = IncumbentTrace(t0, on_incumbent)
     if handler is None:
-        handler = _Incumbents(variables, t0, on_incumbent)
+        handler = _incumbent_handler(variables, trace)
         scip.includeEventhdlr(handler, "bnnmip_incumbents", "records incumbents")
-    handler.t0, handler.on_incumbent, handler.trace = t0, on_incumbent, []
+    handler.trace = trace
     if start is not None:
         sol = scip.createSol()
         for var, value in zip(variables, np.asarray(start, np.float64).tolist()):
@@ -117,34 +112,49 @@ def run(scip: pyscipopt.Model, variables: list, model: MilpModel, *, t0: float, 
     scip.optimize()
     elapsed = time.perf_counter() - t0
     raw = scip.getStatus()
-    status = _STATUS.get(raw, "error")
-    bound = _bound(scip.getDualbound(), scip) if status in ("optimal", "time_limit") else None
-    if status == "error":
-        return MilpSolution.failure(NAME, "error", elapsed, f"SCIP status {raw!r}")
-    if scip.getNSols() == 0 or status == "infeasible":
-        return MilpSolution(status, None, None, bound, None, elapsed, NAME, trace=tuple(handler.trace))
+    status = _STATUS.get(raw, SolveStatus.ERROR)
+    points = tuple(trace.points)
+    bound = _optional_float(scip.getDualbound()) if status in (SolveStatus.OPTIMAL, SolveStatus.TIME_LIMIT) else None
+    if status == SolveStatus.ERROR:
+        return MilpSolution.failure(ScipBackend.name, SolveStatus.ERROR, elapsed, f"SCIP status {raw!r}")
+    if scip.getNSols() == 0 or status == SolveStatus.INFEASIBLE:
+        return MilpSolution(status, None, None, bound, None, elapsed, ScipBackend.name, trace=points)
     best = scip.getBestSol()
     values = np.array([scip.getSolVal(best, v) for v in variables])
-    objective = float(scip.getSolObjVal(best))
-    return MilpSolution("optimal" if status == "optimal" else "feasible", values, objective, bound,
-                        relative_gap(objective, bound), elapsed, NAME, trace=tuple(handler.trace))
+    status = SolveStatus.OPTIMAL if status == SolveStatus.OPTIMAL else SolveStatus.FEASIBLE
+    return MilpSolution.found(ScipBackend.name, status, values, float(scip.getSolObjVal(best)), bound, elapsed,
+                              trace=points)
 
 
-def solve(model: MilpModel, *, time_limit=None, threads=None, verbose=False, solver=None, start=None,
-          on_incumbent=None, t0: float, mip_gap=None) -> MilpSolution:
-    scip, variables, _ = build(model, verbose)
-    remaining = remaining_time(time_limit, t0)
-    if remaining is not None and remaining <= 0:
-        return MilpSolution.failure(NAME, "time_limit", time.perf_counter() - t0, "time limit reached while building")
-    configure(scip, remaining, threads, verbose, mip_gap)
-    return run(scip, variables, model, t0=t0, start=start, on_incumbent=on_incumbent)
-
-
-def _opt(value: float):
+def _optional_float(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-class Session:
+class ScipBackend(Backend):
+    """SCIP through pyscipopt: warm starts, incumbent callbacks, in-place sessions; one thread."""
+
+    name = "scip"
+    package = "pyscipopt"
+    capabilities = Capabilities(warm_start=True, incumbent_callback=True, in_place_session=True, lp=True)
+
+    def _build(self, model: MilpModel, options: SolveOptions, deadline: Deadline):
+        return build(model, options.verbose)
+
+    def native(self, model: MilpModel):
+        return super().native(model)[0]
+
+    def _configure(self, native, deadline: Deadline, options: SolveOptions) -> None:
+        configure(native[0], deadline.seconds_left(), options.threads, options.verbose, options.mip_gap)
+
+    def _run(self, native, model: MilpModel, deadline: Deadline, options: SolveOptions) -> MilpSolution:
+        scip, variables, _ = native
+        return run(scip, variables, model, t0=deadline.t0, start=options.start, on_incumbent=options.on_incumbent)
+
+    def _session(self, model: MilpModel, threads: int | None, mip_gap: float | None) -> ScipSession:
+        return ScipSession(model, threads, mip_gap)
+
+
+class ScipSession:
     """A SCIP model kept across solves; updates go in place after freeing the transformed problem."""
 
     def __init__(self, model: MilpModel, threads: int | None = None, mip_gap: float | None = None):
@@ -153,7 +163,7 @@ class Session:
         configure(self.scip, None, threads, False, mip_gap)
         self.objective = np.array(model.objective, np.float64)
         self.solved = False
-        self.handler = _Incumbents(self.vars, time.perf_counter(), None)
+        self.handler = _incumbent_handler(self.vars, IncumbentTrace(time.perf_counter()))
         self.scip.includeEventhdlr(self.handler, "bnnmip_incumbents", "records incumbents")
 
     def _editable(self) -> None:
@@ -164,10 +174,12 @@ class Session:
     def set_col_bounds(self, cols, lower, upper) -> None:
         self._editable()
         for c, lo, hi in zip(np.asarray(cols).tolist(), np.asarray(lower).tolist(), np.asarray(upper).tolist()):
-            self.scip.chgVarLb(self.vars[c], _opt(lo))
-            self.scip.chgVarUb(self.vars[c], _opt(hi))
+            self.scip.chgVarLb(self.vars[c], _optional_float(lo))
+            self.scip.chgVarUb(self.vars[c], _optional_float(hi))
 
     def set_objective(self, cols, costs) -> None:
+        from pyscipopt.scip import Expr, Term
+
         self._editable()
         self.objective[np.asarray(cols, np.int64)] = costs
         nonzero = np.flatnonzero(self.objective)
@@ -179,8 +191,8 @@ class Session:
     def set_row_bounds(self, rows, lower, upper) -> None:
         self._editable()
         for r, lo, hi in zip(np.asarray(rows).tolist(), np.asarray(lower).tolist(), np.asarray(upper).tolist()):
-            self.scip.chgLhs(self.conss[r], _opt(lo))
-            self.scip.chgRhs(self.conss[r], _opt(hi))
+            self.scip.chgLhs(self.conss[r], _optional_float(lo))
+            self.scip.chgRhs(self.conss[r], _optional_float(hi))
 
     def set_entries(self, rows, cols, values) -> None:
         self._editable()

@@ -1,8 +1,8 @@
-"""``python -m bnnmip.bench bench|results|plot ...`` (the same subcommands as ``bnnmip``)."""
+"""``python -m bnnmip.bench bench|results|plot ...``: the ``bnnmip`` command line under another name."""
 
 import sys
 
-from .cli import main
+from ..cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m bnnmip.bench"))

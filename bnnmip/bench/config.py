@@ -46,7 +46,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..attacks import METHODS
+from ..backends import require_backend
+from ..box import DEFAULT_LEVELS
 from ..errors import BnnmipError, InvalidArgumentError
+from ..milp.backend import backend_names
+from ..validate import check_choice, check_levels, check_positive_int
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -120,7 +125,7 @@ class BenchConfig:
     targets: tuple[int | None, ...] = (None,)
     time_limit: float = 60.0
     threads: int = 1
-    levels: int = 255
+    levels: int = DEFAULT_LEVELS
     options: tuple[tuple[str, str], ...] = ()  # (method, canonical JSON of its keyword options)
     db: Path | None = None
     source: Path | None = None
@@ -164,7 +169,7 @@ class _Parser:
     def config(self) -> BenchConfig:
         d = self.data
         _check_keys(d, _TOP_KEYS, "")
-        levels = self.levels = _positive_int(d.get("levels", 255), "levels")
+        levels = self.levels = check_levels(d.get("levels", DEFAULT_LEVELS)) or DEFAULT_LEVELS
         methods = self.methods()
         backends = _str_list(d.get("backends", ["highs"]), "backends")
         if any(m not in SOLVER_FREE_METHODS for m in methods):
@@ -178,7 +183,7 @@ class _Parser:
             backends=backends,
             targets=_targets(d.get("targets")),
             time_limit=_positive_float(d.get("time_limit", 60.0), "time_limit"),
-            threads=_positive_int(d.get("threads", 1), "threads"),
+            threads=check_positive_int(d.get("threads", 1), "threads"),
             levels=levels,
             options=self.options(methods),
             db=(self.source.parent / _string(d["db"], "db")).resolve() if "db" in d else None,
@@ -192,14 +197,11 @@ class _Parser:
             isinstance(e, Mapping) and ("eps" in e or "eps_levels" in e) for e in entries)
 
     def methods(self) -> tuple[str, ...]:
-        from ..attacks import METHODS
-
         if "methods" not in self.data:
             raise InvalidArgumentError("methods: missing (a list of attack methods)")
         methods = _str_list(self.data["methods"], "methods")
         for i, m in enumerate(methods):
-            if m not in METHODS:
-                raise InvalidArgumentError(f"methods[{i}]={m!r}: unknown method; expected one of {sorted(METHODS)}")
+            check_choice(m, METHODS, f"methods[{i}]")
         return methods
 
     def options(self, methods: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -339,15 +341,12 @@ def _check_keys(table: Mapping, allowed: set[str], prefix: str) -> None:
 
 
 def _check_backends(backends: tuple[str, ...]) -> None:
-    from ..backends import BACKENDS, get_backend
-
     if not backends:
         raise InvalidArgumentError("backends: empty; the solver methods need at least one backend")
     for i, b in enumerate(backends):
-        if b not in BACKENDS:
-            raise InvalidArgumentError(f"backends[{i}]={b!r}: unknown backend; expected one of {sorted(BACKENDS)}")
+        check_choice(b, backend_names(), f"backends[{i}]")
         try:
-            get_backend(b)
+            require_backend(b)
         except BnnmipError as e:
             raise InvalidArgumentError(f"backends[{i}]={b!r}: {e}") from None
 
@@ -374,12 +373,6 @@ def _positive_float(value, key: str) -> float:
     if not _is_number(value) or value <= 0:
         raise InvalidArgumentError(f"{key}={value!r}: expected a positive number")
     return float(value)
-
-
-def _positive_int(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{key}={value!r}: expected a positive integer")
-    return value
 
 
 def _eps(d: Mapping, levels: int, prefix: str = "") -> tuple[float, ...]:
@@ -429,4 +422,4 @@ def _images(value, key: str) -> ImageSelection | None:
             if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
                 raise InvalidArgumentError(f"{key}.indices[{i}]={idx!r}: expected an image index (integer >= 0)")
         return ImageSelection(indices=tuple(dict.fromkeys(v)))
-    return ImageSelection(**{kind: _positive_int(v, f"{key}.{kind}")})
+    return ImageSelection(**{kind: check_positive_int(v, f"{key}.{kind}")})

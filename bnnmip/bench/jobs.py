@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..io.datasets import load_npz
+from ..io.onnx_reader import load_onnx
 from .config import BenchConfig, ModelSpec
 
 
@@ -108,9 +110,6 @@ def expand(config: BenchConfig) -> list[Job]:
 
 
 def _model_jobs(config: BenchConfig, spec: ModelSpec) -> list[Job]:
-    from ..io.datasets import load_npz
-    from ..io.onnx_reader import load_onnx
-
     net = load_onnx(spec.path, levels=config.levels)
     data = load_npz(spec.data)
     if data.images.shape[1] != net.n_inputs:

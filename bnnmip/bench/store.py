@@ -27,8 +27,9 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..version import __version__
 from .jobs import Job
-from .worker import JobResult
+from .worker import JobResult, host_name
 
 SCHEMA_VERSION = "1"
 
@@ -71,8 +72,6 @@ class ResultRow:
 
     @classmethod
     def make(cls, job: Job, result: JobResult, run_id: str) -> ResultRow:
-        from .. import __version__
-
         return cls(
             job_key=job.key, run_id=run_id, model_file=job.model.path, model_sha256=job.model.sha256,
             dataset=job.model.dataset, arch=job.model.arch, data_file=job.model.data, image_index=job.image_index,
@@ -179,9 +178,6 @@ class ResultStore:
 
     def start_run(self, config: str, config_text: str, workers: str, jobs: int, pending: int) -> str:
         """Record one invocation; returns its run id (stored in every row it writes)."""
-        from .. import __version__
-        from .worker import host_name
-
         run_id = uuid.uuid4().hex[:12]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         with self.conn:

@@ -14,10 +14,13 @@ import socket
 import time
 from dataclasses import dataclass
 
+from ..attacks import attack
 from ..errors import ModelFileError
+from ..io.onnx_reader import load_onnx
+from ..status import JOB_ERROR
 from .jobs import Job, file_sha256
 
-ERROR = "error"
+ERROR = JOB_ERROR
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,6 @@ class JobResult:
 @functools.lru_cache(maxsize=16)
 def load_model(path: str, sha256: str, levels: int):
     """The network in ``path`` (cached per worker process); its bytes must still hash to ``sha256``."""
-    from ..io.onnx_reader import load_onnx
-
     actual = file_sha256(path)
     if actual != sha256:
         raise ModelFileError(f"{path}: the file changed since the benchmark started (sha256 {actual[:12]}..., "
@@ -64,8 +65,6 @@ def host_name() -> str:
 
 def execute(job: Job) -> JobResult:
     """Run one job.  Any exception becomes a result with status 'error' and its message (recorded, not hidden)."""
-    from ..attacks import attack
-
     t0 = time.perf_counter()
     try:
         net = load_model(job.model.path, job.model.sha256, job.levels)

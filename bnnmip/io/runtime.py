@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -104,12 +105,19 @@ def tie_inputs(net: BNN, X) -> np.ndarray:
     return np.flatnonzero(hit)
 
 
-def check_onnx(net: BNN, path: str | os.PathLike | None, X, *, tolerance: float = 1e-4) -> OnnxCheck:
-    """Compare ``net`` with onnxruntime running the original ONNX graph on ``X``.
+def check_onnx(net: BNN, X, *args, path: str | os.PathLike | None = None, tolerance: float = 1e-4) -> OnnxCheck:
+    """Compare ``net`` with onnxruntime running the original ONNX graph on the inputs ``X``.
 
     ``path`` may name the ONNX file explicitly (it must be the file ``net`` was loaded from);
-    ``None`` uses the model bytes validated when ``net`` was loaded.
+    by default the model bytes validated when ``net`` was loaded are used.  The old call
+    ``check_onnx(net, path_or_None, X)`` still works for one release (with a DeprecationWarning).
     """
+    if args:  # check_onnx(net, path, X): the signature before 0.2
+        if len(args) > 1 or path is not None:
+            raise InvalidArgumentError("check_onnx: expected check_onnx(net, X, *, path=None)")
+        warnings.warn("check_onnx(net, path, X) is deprecated; call check_onnx(net, X, path=path)",
+                      DeprecationWarning, stacklevel=2)
+        path, X = X, args[0]
     origin = _origin(net)
     if path is not None and os.path.abspath(path) != os.path.abspath(origin.path):
         raise InvalidArgumentError(f"path={str(path)!r}: net was loaded from {origin.path!r}")
@@ -133,6 +141,6 @@ def check_onnx(net: BNN, path: str | os.PathLike | None, X, *, tolerance: float 
 
 def require_exact(net: BNN, X) -> None:
     """Raise :class:`ExactnessError` unless ``net`` and onnxruntime agree on ``X``."""
-    result = check_onnx(net, None, X)
+    result = check_onnx(net, X)
     if not result.ok:
         raise ExactnessError(f"{net.source}: {result}")

@@ -14,38 +14,42 @@ bounds already tightened.  Every input of the box is a point of :math:`P_k`, so 
 become fixed; the next layer's interval bounds are recomputed from the new fixed pattern, then
 tightened in turn.
 
-One HiGHS LP per layer; only the objective changes between solves (in place, one vector call per
-unit and direction), so each solve is a warm-started primal simplex from the previous basis.  The
+One LP per layer, solved through a backend session (HiGHS by default; any backend with the
+``in_place_session`` and ``lp`` capabilities): only the objective changes between solves, so each
+solve is a warm-started dual simplex from the previous basis.  The
 first real-valued layer (or the first layer after input binarization) has no rows below it: its
 interval bounds are already exact over the box and are kept.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
-
-import highspy
 import numpy as np
 
-from ..bounds import InputBox, LayerBounds, stage_bounds
+from ..bounds import LayerBounds, fix_units, stage_bounds
+from ..box import InputBox
+from ..errors import InvalidArgumentError
 from ..network import BNN
+from ..timing import Deadline
+from .backend import get_backend
+from .builder import ModelBuilder
+from .rows import add_stages
 
 # Allowance for the LP's rounding before an LP value is rounded inwards to an integer.
 _LP_TOL = 1e-6
 
 
-def tighten_bounds(net: BNN, box: InputBox, bounds: list[LayerBounds], *, deadline: float | None = None
-                   ) -> list[LayerBounds]:
+def tighten_bounds(net: BNN, box: InputBox, bounds: list[LayerBounds], *, deadline: Deadline | None = None,
+                   backend: str = "highs") -> list[LayerBounds]:
     """``bounds`` (interval bounds over ``box``) tightened by LP relaxation, stage by stage.
 
     Returns one :class:`~bnnmip.bounds.LayerBounds` per threshold stage; every interval of the
-    result lies inside the interval it came from, and more units may be fixed.  Past
-    ``deadline`` (a ``time.perf_counter()`` value) no more LPs are solved: the remaining units
-    keep the bounds they have, which are sound.
+    result lies inside the interval it came from, and more units may be fixed.  Past ``deadline``
+    no more LPs are solved: the remaining units keep the bounds they have, which are sound.
     """
-    from .formulation import ModelBuilder, add_stages
-
+    solver = get_backend(backend)
+    if not (solver.capabilities.lp and solver.capabilities.in_place_session):
+        raise InvalidArgumentError(f"backend={backend!r}: LP bounds need a backend that re-solves LPs in place")
+    deadline = deadline or Deadline.start(None)
     out = list(bounds)
     stages = net.threshold_stages
     base = box.lower  # the value of every pixel without a variable (closed box: lower == upper)
@@ -53,51 +57,37 @@ def tighten_bounds(net: BNN, box: InputBox, bounds: list[LayerBounds], *, deadli
         layer = stages[k]
         L, U = stage_bounds(layer, out[k - 1], box)
         L, U = np.maximum(L, out[k].lower), np.minimum(U, out[k].upper)
-        units = np.flatnonzero(_fix(L, U, layer.threshold) == 0)
+        units = np.flatnonzero(fix_units(L, U, layer.threshold) == 0)
         b = ModelBuilder()
         layout = add_stages(b, net, box, base, out, 0.0, k)
-        if len(units) and b.n_rows:
-            L[units], U[units] = _lp_range(b, layer, out[k - 1], layout.stage_cols[k - 1], units, L[units],
+        if len(units) and b.n_rows and not deadline.expired():
+            lp = b.model(np.zeros(b.n_cols), 0.0, (), "lp_bounds", sense="min")
+            lp = lp.relaxed()
+            session = solver.open_session(lp)
+            L[units], U[units] = _lp_range(session, layer, out[k - 1], layout.stage_cols[k - 1], units, L[units],
                                            U[units], deadline)
-        out[k] = LayerBounds(L, U, _fix(L, U, layer.threshold))
+        out[k] = LayerBounds(L, U, fix_units(L, U, layer.threshold))
     return out
 
 
-def _fix(lower: np.ndarray, upper: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    return np.where(lower >= threshold, 1, np.where(upper < threshold, -1, 0)).astype(np.int8)
-
-
-def _lp_range(b, layer, prev: LayerBounds, prev_cols: np.ndarray, units: np.ndarray, L: np.ndarray,
-              U: np.ndarray, deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _lp_range(session, layer, prev: LayerBounds, prev_cols: np.ndarray, units: np.ndarray, L: np.ndarray,
+              U: np.ndarray, deadline: Deadline) -> tuple[np.ndarray, np.ndarray]:
     """Min and max of ``a_j`` over the LP relaxation for the ``units`` of one ±1 layer."""
-    from ..backends.highs import build
-
     free_in = np.flatnonzero(prev.fixed == 0)
     W = layer.weight[units].astype(np.float64)
     c = W @ prev.fixed.astype(np.float64) - W[:, free_in].sum(axis=1)
     Wf = W[:, free_in]
-    in_cols = prev_cols[free_in].astype(np.int32)
-    model = b.model(np.zeros(b.n_cols), 0.0, (), "lp_bounds")
-    h = build(replace(model, integrality=np.zeros(model.num_cols, bool)))
-    h.setOptionValue("presolve", "off")  # keep the basis between objective changes
-    h.setOptionValue("solver", "simplex")
-    h.setOptionValue("simplex_strategy", 1)  # dual simplex (measured: 2-4x faster than primal here)
-    h.setOptionValue("simplex_scale_strategy", 0)  # no scaling: ±1 rows; measured 2x faster
-    h.changeObjectiveSense(highspy.ObjSense.kMinimize)
+    in_cols = prev_cols[free_in]
     L, U = L.copy(), U.copy()
-    n = len(in_cols)
     for j in range(len(units)):
         for direction in (1.0, -1.0):
-            if deadline is not None:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return L, U
-                h.setOptionValue("time_limit", h.getRunTime() + left)  # HiGHS's LP clock adds up over runs
-            h.changeColsCost(n, in_cols, direction * Wf[j])
-            h.run()
-            if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            if deadline.expired():
+                return L, U
+            session.set_objective(in_cols, direction * Wf[j])
+            sol = session.solve(time_limit=deadline.seconds_left())
+            if not sol.proved_optimal:
                 continue  # keep the interval bound: an LP that did not solve proves nothing
-            value = direction * h.getInfo().objective_function_value
+            value = direction * sol.objective
             tol = _LP_TOL * (1.0 + abs(value))
             if direction > 0:
                 L[j] = max(L[j], c[j] + 2 * np.ceil(value - tol))

@@ -9,16 +9,16 @@ each column stands for (the inverse map from a solution back to the network).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InvalidArgumentError
-
-STATUSES = ("optimal", "feasible", "infeasible", "time_limit", "error")
+from .backend import SolveOptions, get_backend
+from .solution import MilpSolution
+from .writer import write_model
 
 
 @dataclass(frozen=True)
@@ -40,40 +40,6 @@ class ColumnMap:
         n_stages = int(self.stage.max(initial=-1)) + 1
         prefix = ["x"] + [self.stage_names[k] if k < len(self.stage_names) else f"s{k}" for k in range(n_stages)]
         return [f"{prefix[s + 1]}_{i}" for s, i in zip(self.stage.tolist(), self.index.tolist())]
-
-
-@dataclass(frozen=True)
-class MilpSolution:
-    """The outcome of one solve; a failed or time-limited solve is still well-formed.
-
-    ``status``: 'optimal' (proved), 'feasible' (stopped with an incumbent, never reported as
-    optimal), 'infeasible', 'time_limit' (no incumbent) or 'error'.  ``bound`` is the best dual
-    bound (an upper bound when maximising); ``trace`` lists (seconds, incumbent objective).
-    """
-
-    status: str
-    values: np.ndarray | None
-    objective: float | None
-    bound: float | None
-    gap: float | None
-    time: float
-    backend: str
-    message: str = ""
-    trace: tuple = ()
-
-    @classmethod
-    def failure(cls, backend: str, status: str, elapsed: float, message: str = "", bound=None) -> MilpSolution:
-        return cls(status, None, None, bound, None, elapsed, backend, message)
-
-    @property
-    def has_solution(self) -> bool:
-        return self.values is not None
-
-
-def relative_gap(objective: float | None, bound: float | None) -> float | None:
-    if objective is None or bound is None or not np.isfinite(bound):
-        return None
-    return abs(bound - objective) / max(1e-10, abs(objective))
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,7 +122,17 @@ class MilpModel:
         ]
         return float(max((p.max(initial=0.0) for p in parts), default=0.0))
 
-    # ------------------------------------------------------------------ solving
+    def relaxed(self) -> MilpModel:
+        """The LP relaxation: the same model with every column continuous."""
+        return replace(self, integrality=np.zeros(self.num_cols, bool), info={})
+
+    def is_integral(self) -> bool:
+        """Whether every coefficient, bound and objective entry is an integer (what CP-SAT needs)."""
+        parts = (self.A.data, self.objective, [self.objective_offset], self.col_lower, self.col_upper,
+                 self.row_lower, self.row_upper)
+        return all(_integers(np.asarray(p, np.float64)) for p in parts)
+
+    # ------------------------------------------------------------------ solving (delegates)
     def solve(
         self,
         backend: str = "highs",
@@ -168,69 +144,35 @@ class MilpModel:
         on_incumbent=None,
         mip_gap: float | None = None,
     ) -> MilpSolution:
-        """Solve with ``backend`` ('highs', 'scip' or 'cvxpy'; ``solver`` picks CVXPY's solver).
+        """Solve with ``backend`` (see :func:`bnnmip.backends.backend_names`; ``solver`` picks CVXPY's solver).
 
-        ``start`` is a full column vector used as a warm start (native backends);
-        ``on_incumbent(values, objective)`` is called on every improving solution (native
-        backends) and may return True to stop the solve.  ``mip_gap`` (default: closed, 1e-9)
-        is the relative gap at which the solver may stop and call the solution optimal.
+        ``start`` is a full column vector used as a warm start; ``on_incumbent(values, objective)``
+        is called on every improving solution and may return True to stop the solve; ``mip_gap``
+        (default: closed, 1e-9) is the relative gap at which the solver may stop and call the
+        solution optimal.  A backend that cannot honour an option (its
+        :class:`~bnnmip.milp.backend.Capabilities` say which) raises :class:`~bnnmip.InvalidArgumentError`.
         """
-        from ..backends import get_backend
-
-        t0 = time.perf_counter()  # the limit counts everything from here: imports, model build, solve
-        check_time_limit(time_limit)
-        impl = get_backend(backend)
-        if self.num_cols == 0:  # everything fixed: the objective is a constant
-            return MilpSolution("optimal", np.zeros(0), self.objective_offset, self.objective_offset, 0.0, 0.0,
-                                backend)
-        if start is not None:
-            start = np.asarray(start, np.float64)
-            if start.shape != (self.num_cols,):
-                raise InvalidArgumentError(f"start: expected {self.num_cols} values, got shape {start.shape}")
-        return impl.solve(self, time_limit=time_limit, threads=threads, verbose=verbose, solver=solver,
-                          start=start, on_incumbent=on_incumbent, t0=t0, mip_gap=mip_gap)
+        options = SolveOptions(time_limit, threads, verbose, solver, start, on_incumbent, mip_gap)
+        return get_backend(backend).solve(self, options)
 
     def to_highs(self):
         """A ``highspy.Highs`` holding this model (passed in one ``passModel`` call)."""
-        from ..backends import highs
-
-        return highs.build(self)
+        return get_backend("highs").native(self)
 
     def to_scip(self):
         """A ``pyscipopt.Model`` holding this model; variable and constraint names are :meth:`col_names`
         and :meth:`rows_names` (SCIP's ``getVars()`` lists binaries first)."""
-        from ..backends import scip
-
-        return scip.build(self)[0]
+        return get_backend("scip").native(self)
 
     def to_cvxpy(self):
         """``(cvxpy.Problem, variable)``: one vector variable over all columns, in column order."""
-        from ..backends import cvxpy_backend
-
-        return cvxpy_backend.build(self)
+        return get_backend("cvxpy").native(self)
 
     def write(self, path: str | Path) -> Path:
         """Write the model as free MPS (``.mps``) or CPLEX LP (``.lp``), keeping names."""
-        from .writer import write_model
-
         return write_model(self, path)
 
 
-def remaining_time(time_limit: float | None, t0: float) -> float | None:
-    """What is left of ``time_limit`` seconds counted from ``t0`` (``time.perf_counter()``); None: no limit.
-
-    Backends hand the solver only this, so building the solver's model counts against the limit.
-    """
-    return None if time_limit is None else float(time_limit) - (time.perf_counter() - t0)
-
-
-def check_time_limit(time_limit) -> float | None:
-    if time_limit is None:
-        return None
-    try:
-        value = float(time_limit)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a number of seconds") from None
-    if not value > 0 or np.isnan(value):
-        raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a positive number of seconds")
-    return value
+def _integers(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return bool(np.all(finite == np.rint(finite)))

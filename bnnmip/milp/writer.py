@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .model import MilpModel
+
+if TYPE_CHECKING:  # annotations only: model.py imports this module
+    from .model import MilpModel
 
 SUFFIXES = (".mps", ".lp")
 
