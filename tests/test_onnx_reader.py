@@ -12,6 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnnmip
+from bnnmip.io.onnx_file import read_model
+from bnnmip.io.onnx_reader.graph import Graph
+from bnnmip.io.onnx_reader.patterns import PATTERNS as TABLE
+from bnnmip.io.onnx_reader.walk import walk
 from bnnmip.io.onnx_writer import BnnParams, Pattern, random_params, to_onnx
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -272,3 +276,24 @@ def test_where_binarizer_has_no_ties(tmp_path):
     assert np.any(acts.pre[1] == net.layers[1].threshold)  # the same inputs reach the thresholds
     check = _check_parity(net, X)
     assert len(check.ties) == 0
+
+
+# ---------------------------------------------------------------------- the pattern table
+def test_pattern_table_not_mine_falls_through(tmp_path):
+    """A handler answering None ("not mine") hands the node to the next; none left: the node is named."""
+    path = _save(tmp_path, _params(3), Pattern(act="sign"))
+    seen = []
+
+    def not_mine(state, node, tensor):
+        seen.append(node.op_type)
+        return None
+
+    first_refuses = {op: (not_mine,) + handlers for op, handlers in TABLE.items()}
+    chain = walk(Graph(read_model(path), str(path)), first_refuses)
+    plain = walk(Graph(read_model(path), str(path)), TABLE)
+    assert "Sign" in seen and "MatMul" in seen
+    assert [s.output for s in chain.stages] == [s.output for s in plain.stages]
+    np.testing.assert_array_equal(chain.out_weight, plain.out_weight)
+    without_sign = {op: handlers for op, handlers in TABLE.items() if op != "Sign"}
+    with pytest.raises(bnnmip.UnsupportedModelError, match=r"\(Sign\): op Sign cannot be represented"):
+        walk(Graph(read_model(path), str(path)), without_sign)
