@@ -23,37 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .float32 import near_threshold, row_abs_sum, unit_signs
 from .threads import blas_limit, buffer, run_chunks
 
 _U32 = 2.0**-24  # unit roundoff of float32
-
-
-def _unit_signs(a: np.ndarray) -> np.ndarray:
-    """``a`` overwritten by ±1 with its sign bit (+1 at +0): two integer passes, no branches."""
-    bits = a.view(np.int32)
-    np.bitwise_and(bits, np.int32(-(2**31)), out=bits)
-    np.bitwise_or(bits, np.int32(0x3F800000), out=bits)  # 0x3F800000 is 1.0f
-    return a
-
-
-def row_abs_sum(x: np.ndarray) -> np.ndarray:
-    """``sum_i |x_i|`` of every row of a float32 batch, in float32 (one BLAS pass when ``x >= 0``)."""
-    ones = _ones(x.shape[1])
-    if x.min(initial=0.0) >= 0:
-        return x @ ones
-    return np.abs(x, out=buffer(3, x.shape, np.float32)) @ ones
-
-
-@lru_cache(maxsize=64)
-def _ones(n: int) -> np.ndarray:
-    ones = np.ones(n, np.float32)
-    ones.flags.writeable = False
-    return ones
 
 
 def _check_finite(X: np.ndarray, name: str) -> None:
@@ -139,10 +117,10 @@ class Layer:
         a = np.matmul(inp, self._weight_f32, out=out)
         if self.integer:
             a -= self._threshold_half
-            return _unit_signs(a)
+            return unit_signs(a)
         a -= self._threshold_f32
         rows, cols = self._near_threshold(a, row_abs_sum(inp) if abs_sum is None else abs_sum)
-        _unit_signs(a)  # the sign of a margin of ±0 is arbitrary here, but such a unit is near
+        unit_signs(a)  # the sign of a margin of ±0 is arbitrary here, but such a unit is near
         if len(rows):
             source = inp if inp64 is None else inp64
             exact = np.einsum("ij,ij->i", source[rows].astype(np.float64), self._weight_rows[cols])
@@ -150,34 +128,9 @@ class Layer:
         return a
 
     def _near_threshold(self, margin: np.ndarray, abs_sum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r"""(rows, columns) of a float32 margin ``a - θ`` whose sign float32 rounding could have changed.
-
-        Any float32 dot product of n terms, whatever its summation order (with or without FMA), is
-        within :math:`\gamma_n \sum_i |w_i x_i|` of the exact one, :math:`\gamma_n = n u / (1 - n u)`;
-        rounding the inputs (from ``inp64``) and real weights to float32 adds :math:`2u` relative.
-        So :math:`|a_{32} - a| \le \gamma_{n+2} \max|w| \sum_i |x_i|`, computed per row (with room
-        for the rounding of the float32 row sum); :math:`\theta` itself is rounded to float32
-        within :math:`8u(|\theta| + 1)`.  A unit is near when its margin is within the sum of both.
-        """
-        row_tol = abs_sum * self._row_gamma
-        largest = row_tol.max(initial=0)
-        overflow = None
-        if not np.isfinite(largest):  # an input beyond float32's range: recompute those rows whole
-            overflow = ~np.isfinite(row_tol)
-            row_tol[overflow] = 0
-            largest = row_tol.max(initial=0)
-        # One coarse test with the chunk's largest tolerance, then the exact one on the few candidates.
-        dist = np.abs(margin, out=buffer(4, margin.shape, np.float32))
-        coarse = np.less_equal(dist, largest + self._threshold_tol_max, out=buffer(5, margin.shape, np.bool_))
-        if overflow is not None:
-            coarse[overflow] = True
-        rows, cols = np.divmod(np.flatnonzero(coarse.ravel()), margin.shape[1])
-        if len(rows):
-            keep = dist[rows, cols] - row_tol[rows] <= self._threshold_tol[cols]
-            if overflow is not None:
-                keep |= overflow[rows]
-            rows, cols = rows[keep], cols[keep]
-        return rows, cols
+        """(rows, columns) of a float32 margin ``a - θ`` whose sign float32 rounding could have changed
+        (see :func:`bnnmip.float32.near_threshold`)."""
+        return near_threshold(margin, abs_sum * self._row_gamma, self._threshold_tol, self._threshold_tol_max)
 
     @cached_property
     def _row_gamma(self) -> np.float32:

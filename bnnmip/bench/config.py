@@ -38,7 +38,6 @@ Relative paths are looked up next to the configuration file first, then at the r
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -47,11 +46,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..attacks import METHODS
-from ..backends import require_backend
 from ..box import DEFAULT_LEVELS
-from ..errors import BnnmipError, InvalidArgumentError
-from ..milp.backend import backend_names
+from ..errors import InvalidArgumentError
+from ..io.manifest import manifest_entry, read_manifest, sibling
 from ..validate import check_choice, check_levels, check_positive_int
+from .config_values import (
+    check_backends,
+    check_keys,
+    eps_list,
+    nonempty_string,
+    positive_float,
+    string_list,
+    target_list,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,25 +175,25 @@ class _Parser:
 
     def config(self) -> BenchConfig:
         d = self.data
-        _check_keys(d, _TOP_KEYS, "")
+        check_keys(d, _TOP_KEYS, "")
         levels = self.levels = check_levels(d.get("levels", DEFAULT_LEVELS)) or DEFAULT_LEVELS
         methods = self.methods()
-        backends = _str_list(d.get("backends", ["highs"]), "backends")
+        backends = string_list(d.get("backends", ["highs"]), "backends")
         if any(m not in SOLVER_FREE_METHODS for m in methods):
-            _check_backends(backends)
+            check_backends(backends)
         images = _images(d.get("images"), "images")
         return BenchConfig(
-            name=_string(d.get("name", self.source.stem), "name"),
+            name=nonempty_string(d.get("name", self.source.stem), "name"),
             models=self.models(images),
-            eps=_eps(d, levels) if ("eps" in d or "eps_levels" in d) or not self.per_model_eps else (),
+            eps=eps_list(d, levels) if ("eps" in d or "eps_levels" in d) or not self.per_model_eps else (),
             methods=methods,
             backends=backends,
-            targets=_targets(d.get("targets")),
-            time_limit=_positive_float(d.get("time_limit", 60.0), "time_limit"),
+            targets=target_list(d.get("targets")),
+            time_limit=positive_float(d.get("time_limit", 60.0), "time_limit"),
             threads=check_positive_int(d.get("threads", 1), "threads"),
             levels=levels,
             options=self.options(methods),
-            db=(self.source.parent / _string(d["db"], "db")).resolve() if "db" in d else None,
+            db=(self.source.parent / nonempty_string(d["db"], "db")).resolve() if "db" in d else None,
             source=self.source,
         )
 
@@ -199,7 +206,7 @@ class _Parser:
     def methods(self) -> tuple[str, ...]:
         if "methods" not in self.data:
             raise InvalidArgumentError("methods: missing (a list of attack methods)")
-        methods = _str_list(self.data["methods"], "methods")
+        methods = string_list(self.data["methods"], "methods")
         for i, m in enumerate(methods):
             check_choice(m, METHODS, f"methods[{i}]")
         return methods
@@ -226,7 +233,7 @@ class _Parser:
 
     def resolve(self, value, key: str, *, must_exist: bool = True) -> Path:
         """A path from the config: absolute, or relative to the config file or the repository root."""
-        rel = Path(_string(value, key)).expanduser()
+        rel = Path(nonempty_string(value, key)).expanduser()
         candidates = [rel] if rel.is_absolute() else [root / rel for root in self.roots]
         for c in candidates:
             if c.exists() or not must_exist:
@@ -242,7 +249,7 @@ class _Parser:
             key = f"models[{i}]"
             if not isinstance(entry, Mapping):
                 raise InvalidArgumentError(f"{key}: expected a table with file= or dataset=/arch=")
-            _check_keys(entry, _MODEL_KEYS, key + ".")
+            check_keys(entry, _MODEL_KEYS, key + ".")
             images = _images(entry.get("images"), key + ".images") or default_images
             if images is None:
                 raise InvalidArgumentError(f"{key}.images: missing (set [images] or images = {{...}} per model)")
@@ -251,7 +258,7 @@ class _Parser:
             else:
                 found = self.manifest_models(entry, key, images)
             if "eps" in entry or "eps_levels" in entry:
-                eps = _eps(entry, self.levels, key + ".")
+                eps = eps_list(entry, self.levels, key + ".")
                 found = [replace(spec, eps=eps) for spec in found]
             specs.extend(found)
         return tuple(specs)
@@ -260,25 +267,26 @@ class _Parser:
         path = self.resolve(entry["file"], key + ".file")
         if not path.is_file():
             raise InvalidArgumentError(f"{key}.file={str(entry['file'])!r}: not a file")
-        info = _manifest_entry(path)
+        info = manifest_entry(path)
         stem = _ARCH_RE.match(path.stem)
         dataset = entry.get("dataset", info.get("dataset") or (stem["dataset"] if stem else path.stem))
         arch = entry.get("arch", info.get("arch") or (stem["arch"] if stem else "?"))
         if "data" in entry:
             data = self.resolve(entry["data"], key + ".data")
-        elif info.get("slice") and (path.parent / info["slice"]).is_file():
-            data = path.parent / info["slice"]
+        elif sibling(path.parent, info.get("slice")):
+            data = sibling(path.parent, info.get("slice"))
         else:
             raise InvalidArgumentError(f"{key}.data: missing, and no manifest.json slice next to {path.name}")
-        return ModelSpec(path, data, _string(dataset, key + ".dataset"), _string(arch, key + ".arch"), images)
+        dataset, arch = nonempty_string(dataset, key + ".dataset"), nonempty_string(arch, key + ".arch")
+        return ModelSpec(path, data, dataset, arch, images)
 
     def manifest_models(self, entry: Mapping, key: str, images: ImageSelection) -> list[ModelSpec]:
         if "dataset" not in entry:
             raise InvalidArgumentError(f"{key}: give file= or dataset= (with optional arch=)")
         manifest = self.resolve(self.data.get("manifest", "models/manifest.json"), "manifest")
-        listed = _read_manifest(manifest)
-        datasets = _str_list(entry["dataset"], key + ".dataset")
-        archs = _str_list(entry["arch"], key + ".arch") if "arch" in entry else None
+        listed = read_manifest(manifest)
+        datasets = string_list(entry["dataset"], key + ".dataset")
+        archs = string_list(entry["arch"], key + ".arch") if "arch" in entry else None
         specs = []
         for ds in datasets:
             available = [e for e in listed if e.get("dataset") == ds]
@@ -290,13 +298,14 @@ class _Parser:
                     raise InvalidArgumentError(f"{key}.arch={arch!r}: no {ds} model of that architecture in {manifest} "
                                                f"(has {sorted(by_arch)})")
                 e = by_arch[arch]
-                path = manifest.parent / str(e.get("file"))
-                if not path.is_file():
-                    raise InvalidArgumentError(f"{key}: model file {path} listed in {manifest.name} does not exist")
+                path = sibling(manifest.parent, e.get("file"))
+                if path is None:
+                    raise InvalidArgumentError(f"{key}: model file {e.get('file')!r} listed in {manifest} is not a "
+                                               "file in that folder")
                 if "data" in entry:
                     data = self.resolve(entry["data"], key + ".data")
-                elif e.get("slice") and (manifest.parent / e["slice"]).is_file():
-                    data = manifest.parent / e["slice"]
+                elif sibling(manifest.parent, e.get("slice")):
+                    data = sibling(manifest.parent, e.get("slice"))
                 else:
                     raise InvalidArgumentError(f"{key}.data: missing, and {manifest.name} names no existing slice "
                                                f"for {path.name}")
@@ -312,106 +321,12 @@ def repository_root(start: Path) -> Path | None:
     return None
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    try:
-        entries = json.loads(path.read_text())["models"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InvalidArgumentError(f"manifest {path}: not a manifest.json with a 'models' list ({e})") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InvalidArgumentError(f"manifest {path}: 'models' is not a list of tables")
-    return entries
-
-
-def _manifest_entry(model: Path) -> dict:
-    """The entry of ``model`` in the ``manifest.json`` beside it, or {} if none."""
-    manifest = model.parent / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    try:
-        entries = _read_manifest(manifest)
-    except BnnmipError:
-        return {}
-    return next((e for e in entries if e.get("file") == model.name), {})
-
-
-def _check_keys(table: Mapping, allowed: set[str], prefix: str) -> None:
-    for k in table:
-        if k not in allowed:
-            raise InvalidArgumentError(f"{prefix}{k}: unknown key; expected one of {sorted(allowed)}")
-
-
-def _check_backends(backends: tuple[str, ...]) -> None:
-    if not backends:
-        raise InvalidArgumentError("backends: empty; the solver methods need at least one backend")
-    for i, b in enumerate(backends):
-        check_choice(b, backend_names(), f"backends[{i}]")
-        try:
-            require_backend(b)
-        except BnnmipError as e:
-            raise InvalidArgumentError(f"backends[{i}]={b!r}: {e}") from None
-
-
-def _string(value, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgumentError(f"{key}={value!r}: expected a non-empty string")
-    return value
-
-
-def _str_list(value, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise InvalidArgumentError(f"{key}={value!r}: expected a non-empty list of strings")
-    return tuple(_string(v, f"{key}[{i}]") for i, v in enumerate(value))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_float(value, key: str) -> float:
-    if not _is_number(value) or value <= 0:
-        raise InvalidArgumentError(f"{key}={value!r}: expected a positive number")
-    return float(value)
-
-
-def _eps(d: Mapping, levels: int, prefix: str = "") -> tuple[float, ...]:
-    if ("eps" in d) == ("eps_levels" in d):
-        raise InvalidArgumentError(f"{prefix}eps: give exactly one of eps = [...] (radii) or eps_levels = [...] "
-                                   "(pixel levels)")
-    key = prefix + ("eps" if "eps" in d else "eps_levels")
-    d = {key: d["eps" if "eps" in d else "eps_levels"]}
-    values = d[key] if isinstance(d[key], list) else [d[key]]
-    if not values:
-        raise InvalidArgumentError(f"{key}: empty list")
-    out = []
-    for i, v in enumerate(values):
-        if not _is_number(v) or v <= 0:
-            raise InvalidArgumentError(f"{key}[{i}]={v!r}: expected a positive number")
-        eps = float(v) / levels if key.endswith("eps_levels") else float(v)
-        if eps > 1:
-            raise InvalidArgumentError(f"{key}[{i}]={v!r}: ε = {eps:g} exceeds the input range [0, 1]")
-        out.append(eps)
-    return tuple(dict.fromkeys(out))
-
-
-def _targets(value) -> tuple[int | None, ...]:
-    if value is None:
-        return (None,)
-    if not isinstance(value, list) or not value:
-        raise InvalidArgumentError(f"targets={value!r}: expected a non-empty list of class indices")
-    for i, t in enumerate(value):
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise InvalidArgumentError(f"targets[{i}]={t!r}: expected a class index (integer >= 0)")
-    return tuple(dict.fromkeys(value))
-
-
 def _images(value, key: str) -> ImageSelection | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{key}: expected a table with one of {sorted(_IMAGE_KEYS)}")
-    _check_keys(value, _IMAGE_KEYS, key + ".")
+    check_keys(value, _IMAGE_KEYS, key + ".")
     if len(value) != 1:
         raise InvalidArgumentError(f"{key}: give exactly one of {sorted(_IMAGE_KEYS)}")
     (kind, v), = value.items()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ..attacks import attack
 from ..attacks.minimal_eps import minimal_eps
 from ..errors import InvalidArgumentError
 from ..io.datasets import load_npz
+from ..io.manifest import default_slice
 from ..io.onnx_reader import load_onnx
 from ..io.runtime import check_onnx
 from ..milp.formulation import attack_milp
@@ -23,18 +23,7 @@ def _load(args) -> object:
 
 def default_data(model: str | Path) -> Path | None:
     """The shipped test slice named for ``model`` in the ``manifest.json`` beside it, if any."""
-    model = Path(model)
-    manifest = model.parent / "manifest.json"
-    if not manifest.is_file():
-        return None
-    try:
-        entries = json.loads(manifest.read_text())["models"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    for entry in entries:
-        if entry.get("file") == model.name and entry.get("slice"):
-            return model.parent / entry["slice"]
-    return None
+    return default_slice(model)
 
 
 def _data(args):
