@@ -206,7 +206,7 @@ def _step_shared(state: WalkState, users: list[onnx.NodeProto], tensor: str,
         out = handler(state, users[0], tensor)
         if out is not None:
             return out
-    names = [n.name or n.op_type for n in users]
+    names = [f"{n.name or n.output[0]} ({n.op_type})" for n in users]
     raise UnsupportedModelError(
         f"{state.graph.path}: tensor {tensor!r} feeds several nodes {names}; bnnmip reads a chain of layers "
         "(of the idioms that read one tensor twice, it knows the straight-through x + (sign(x) - x).detach())"
