@@ -3,15 +3,14 @@ r"""The exact engine: a portfolio of complete routes chosen per instance, one ve
 ``method='auto'`` runs, within one time budget:
 
 1. **interval bounds** — if no target's margin can reach zero, the box is robust;
-2. a short **PGD** run — a quick flip, re-checked, ends the search;
-3. per input kind:
-
-   * input binarization: **enumeration** of the free input bits when there are at most
-     :data:`ENUM_BITS`, else **branch-and-bound** over the bits, then **CP-SAT** with what is left;
-   * a real-valued first layer: **enumeration** of its free units' sign patterns (with exact
-     reachability checks of the patterns that would flip) when there are at most :data:`ENUM_BITS`,
-     then **CP-SAT** where the model is integral (inputs on the grid, ±1 first-layer weights), else
-     the **MILP** (HiGHS or SCIP, the paper's formulation).
+2. with input binarization and at most :data:`ENUM_BITS` free bits, **enumeration** of every bit
+   pattern (milliseconds; it decides);
+3. a short **PGD** run — a quick flip, re-checked, ends the search;
+4. **branch-and-bound** (:data:`_BAB_SHARE` of what is left) over the input bits
+   (:mod:`.branch`), or over the first layer's flips pruned by pairwise conflicts (:mod:`.flips`);
+5. with the rest: **CP-SAT** on the decision model where it is integral (inputs on the grid and
+   ±1 first-layer weights, or input binarization), else the **MILP** (HiGHS or SCIP, the paper's
+   formulation).
 
 Any single route can be asked for (``method='enumerate' | 'bab' | 'cpsat' | 'milp'``); a route that
 cannot apply to the instance says why in the result's message and returns 'unknown'.
@@ -30,13 +29,14 @@ from ..validate import check_choice
 from .branch import branch_bits
 from .decision import decide_with_model
 from .enumerate import enumerate_bits, enumerate_first_layer
+from .flips import branch_flips
 from .problem import Instance
 
 ENUM_BITS = 20  # enumerate at most 2**20 patterns (about a second on the zoo's networks)
-MAX_CHECKS = 64  # reachability checks of first-layer patterns before enumeration gives up
+MAX_CHECKS = 256  # reachability checks of first-layer patterns before enumeration gives up
 ROUTES = ("auto", "enumerate", "bab", "cpsat", "milp")
-_PGD_SHARE, _PGD_SECONDS = 0.05, 2.0
-_BAB_SHARE = 0.5
+_PGD_SHARE, _PGD_SECONDS = 0.03, 0.5
+_BAB_SHARE = 0.7
 
 
 def verify(net: BNN, x, eps, *, time_limit: float | None = 60.0, levels: int | None = None, method: str = "auto",
@@ -86,7 +86,11 @@ class _Run:
 
     def _single(self, method: str) -> tuple[str, str | None, str]:
         verdict = self._phase(method, getattr(self, "_" + method))
-        return verdict, self._proof(method) if verdict == "robust" else None, ""
+        if verdict == "too_many":
+            return "unknown", None, (f"more than {MAX_CHECKS} first-layer patterns would change the prediction: "
+                                     "too many to check one by one (method='bab' prunes them)")
+        return verdict, self._proof(method) if verdict == "robust" else None, (
+            "undecided within the time limit" if verdict == "unknown" else "")
 
     def _auto(self) -> tuple[str, str | None, str]:
         plan = self._plan()
@@ -102,11 +106,9 @@ class _Run:
 
     def _plan(self) -> list[str]:
         """The routes for this instance, most effective first (see the module docstring)."""
-        small = self._free_count() <= ENUM_BITS
-        if self.inst.net.input_binarization is not None:
-            return ["enumerate"] if small else ["bab", "cpsat"]
-        plan = ["enumerate"] if small else []
-        return plan + (["cpsat"] if self._integral() else ["milp"])
+        if self.inst.net.input_binarization is not None and self._free_count() <= ENUM_BITS:
+            return ["enumerate"]
+        return ["bab", "cpsat" if self._integral() else "milp"]
 
     def _phase(self, name: str, fn) -> str:
         inst = self.inst
@@ -132,8 +134,6 @@ class _Run:
         if method == "enumerate" and self._free_count() > ENUM_BITS:
             kind = "input bits" if ib else "first-layer units"
             return f"{self._free_count()} free {kind}, more than the {ENUM_BITS} enumeration takes"
-        if method == "bab" and not ib:
-            return "branch-and-bound runs over input bits, and this network has no input binarization"
         if method == "cpsat" and not self._integral():
             return ("CP-SAT needs an integer model: inputs on a grid (give levels) and ±1 first-layer weights, "
                     "or input binarization")
@@ -144,7 +144,8 @@ class _Run:
         kind = "input-bit" if self.inst.net.input_binarization is not None else "first-layer"
         return {
             "enumerate": f"enumeration of all {stats.patterns:,} {kind} patterns ({stats.checks} reachability checks)",
-            "bab": f"branch-and-bound over input bits, {stats.nodes:,} nodes",
+            "bab": f"branch-and-bound over {'input bits' if kind == 'input-bit' else 'first-layer flips'}, "
+                   f"{stats.nodes:,} nodes ({stats.checks} reachability checks)",
             "cpsat": "CP-SAT: the decision model is infeasible",
             "milp": f"MILP ({self.backend}): every target's dual bound < 0",
         }[method]
@@ -169,9 +170,11 @@ class _Run:
 
     def _bab(self) -> str:
         inst = self.inst
-        # In the portfolio, CP-SAT keeps a share of the budget for what branch-and-bound leaves open.
-        share = _BAB_SHARE if self.method == "auto" else 1.0
-        return branch_bits(inst, deadline=inst.deadline.within(share=share))
+        # In the portfolio, CP-SAT / the MILP keep a share of the budget for what branch-and-bound leaves open.
+        deadline = inst.deadline.within(share=_BAB_SHARE if self.method == "auto" else 1.0)
+        if inst.net.input_binarization is not None:
+            return branch_bits(inst, deadline=deadline)
+        return branch_flips(inst, _milp_backend(self.backend), deadline=deadline)
 
     def _cpsat(self) -> str:
         self.solver_name = "cpsat"

@@ -75,8 +75,8 @@ def enumerate_bits(inst: Instance) -> str:
 def enumerate_first_layer(inst: Instance, max_checks: int, backend: str = "highs") -> str:
     """Decide a real-input network by enumerating the sign patterns of its free first-layer units.
 
-    Returns 'adversarial', 'robust', or 'unknown' (deadline, or more than ``max_checks`` patterns
-    that change the prediction need a reachability check).
+    Returns 'adversarial', 'robust', 'unknown' (deadline) or 'too_many' (more than ``max_checks``
+    patterns that change the prediction would need a reachability check).
     """
     first = inst.bounds[0]
     free = np.flatnonzero(first.fixed == 0)
@@ -88,7 +88,7 @@ def enumerate_first_layer(inst: Instance, max_checks: int, backend: str = "highs
             return "unknown"
         suspects.append(found[1])
         if sum(len(s) for s in suspects) > max_checks:
-            return "unknown"
+            return "too_many"
     if not suspects:
         return "robust"
     candidates = np.concatenate(suspects)
@@ -121,7 +121,9 @@ def reach_pattern(inst: Instance, free: np.ndarray, pattern: np.ndarray, backend
         b.add_columns(box.k_lower[pixels], box.k_upper[pixels], True, -1, pixels)
     else:
         b.add_columns(box.lower[pixels], box.upper[pixels], False, -1, pixels)
-    margin = 0.0 if grid and net.layers[0].binary_weights else 1e-7 * (1 + np.abs(net.layers[0].threshold).max())
+    threshold = net.layers[0].threshold
+    scale = 1.0 + float(np.abs(threshold[np.isfinite(threshold)]).max(initial=0.0))  # ±inf: constant units
+    margin = 0.0 if grid and net.layers[0].binary_weights else 1e-6 * scale
     rows = first_layer_rows(net, net.layers[0], inst.bounds[0], free, box, base, pixels, grid, margin)
     on = pattern > 0
     coef = rows.coef
