@@ -32,11 +32,11 @@ from .enumerate import enumerate_bits, enumerate_first_layer
 from .flips import branch_flips
 from .problem import Instance
 
-ENUM_BITS = 20  # enumerate at most 2**20 patterns (about a second on the zoo's networks)
+ENUM_BITS = 16  # enumerate at most 2**16 input-bit patterns (well under a second); more: branch-and-bound
 MAX_CHECKS = 256  # reachability checks of first-layer patterns before enumeration gives up
 ROUTES = ("auto", "enumerate", "bab", "cpsat", "milp")
 _PGD_SHARE, _PGD_SECONDS = 0.03, 0.5
-_BAB_SHARE = 0.7
+_BAB_SHARE = 0.85
 
 
 def verify(net: BNN, x, eps, *, time_limit: float | None = 60.0, levels: int | None = None, method: str = "auto",
