@@ -6,16 +6,18 @@
 
 Three parts, all through ``bnnmip.bench`` (one SQLite store, resumable: rerun to continue):
 
-* **auto** — ``bnnmip.verify`` (the portfolio) on every zoo model, the first ``--images`` correctly
-  classified test images from slice index ``--start`` on (the tests and the tuning used earlier
-  images), at radii of 1, 2 and 3 grid steps;
+* **auto** — ``bnnmip.verify`` (the portfolio) on the models of ``--route-models``: the first
+  ``--images`` correctly classified test images from slice index ``--start`` on (the tests and the
+  tuning used earlier images), at radii of 1, 2 and 3 grid steps; on every other zoo model
+  ``--other-images`` images at radii 1 and 2;
 * **routes** — each route alone (CP-SAT, branch-and-bound, enumeration where it applies) and the
   paper's MILP on HiGHS and on SCIP, on the models of ``--route-models`` (``--route-images``
   images, radii 1 and 2);
 * **milp** — the MILP on HiGHS on every real-input model (``--milp-images`` images, radii 1, 2),
   so each model's decided share stands beside the MILP's.
 
-Every time limit is ``--time-limit`` (60 s) with one solver thread.  The report checks that no two
+Every time limit is ``--time-limit`` (default 30 s, the issue's per-instance target; the issue's 60 s
+does not fit one shared 2-core machine) with one solver thread.  The report checks that no two
 routes disagree on an instance both decide (a disagreement is a bug: it fails loudly), gives the
 decided share, the share decided within 30 s, the median time, and the time ratio to MILP/HiGHS on
 instances both decide; then runs ``minimal_eps`` on the input-binarization models.  Writes
@@ -72,12 +74,15 @@ def configs(args) -> list:
     wanted = set(args.route_models.split(","))
     route_entries = [e for e in entries if f"{e['dataset']}_{e['arch']}" in wanted]
     real = [e for e in entries if not e.get("input_binarization")]
-    n_max = max(args.images, args.route_images, args.milp_images)
+    n_max = max(args.images, args.route_images, args.milp_images, args.other_images)
     chosen = {e["file"]: image_indices(e, args.start, n_max) for e in entries}
     first = lambda n: {f: v[:n] for f, v in chosen.items()}  # noqa: E731
     db, t = Path(args.db), args.time_limit
-    out = [config("verify_auto", entries, first(args.images), [1, 2, 3], ["exact"], {"exact": {"route": "auto"}},
-                  ["highs"], t, db)]
+    others = [e for e in entries if e not in route_entries]
+    out = [config("verify_auto", route_entries, first(args.images), [1, 2, 3], ["exact"],
+                  {"exact": {"route": "auto"}}, ["highs"], t, db),
+           config("verify_auto_others", others, first(args.other_images), [1, 2], ["exact"],
+                  {"exact": {"route": "auto"}}, ["highs"], t, db)]
     for route in ("cpsat", "bab", "enumerate"):
         out.append(config(f"verify_{route}", route_entries, first(args.route_images), [1, 2], ["exact"],
                           {"exact": {"route": route}}, ["highs"], t, db))
@@ -202,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--db", default=str(ROOT / "results" / "verify.sqlite"))
     parser.add_argument("--out", default=str(ROOT / "results"))
-    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--time-limit", type=float, default=30.0)
     parser.add_argument("--start", type=int, default=30, help="first slice index (earlier images: tests, tuning)")
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--route-images", type=int, default=10)
+    parser.add_argument("--other-images", type=int, default=10)
     parser.add_argument("--milp-images", type=int, default=5)
     parser.add_argument("--route-models", default="fmnist_2x100,fmnist_3x100,fmnist_2x300,fmnist_ib200-3x100,"
                                                   "mnist_ib200-3x100")
@@ -215,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.images = args.route_images = args.milp_images = 2
+        args.images = args.route_images = args.milp_images = args.other_images = 2
         args.time_limit, args.route_models = 5.0, "fmnist_2x100,fmnist_ib200-3x100"
     cfgs = configs(args)
     if args.quick:
-        cfgs = [c for c in cfgs if c.name != "verify_milp"]
+        cfgs = [c for c in cfgs if c.name not in ("verify_milp", "verify_auto_others")]
         cfgs = [type(c)(**{**c.__dict__, "models": tuple(m for m in c.models if "2x100" in m.path.name
                                                          or "ib200" in m.path.name)}) for c in cfgs]
     keys = set()
