@@ -51,6 +51,7 @@ from ..box import InputBox, check_input, input_box
 from ..errors import InvalidArgumentError
 from ..milp.backend import backend_names
 from ..network import BNN, InputBinarization, Layer
+from ..progress import as_progress
 from ..timing import Deadline
 from ..validate import check_choice, check_eps, check_positive_int, check_seed
 from .result import AttackResult
@@ -209,6 +210,7 @@ def pgd_attack(
     step_size: float | None = None,
     seed: int | None = 0,
     batch: int = 32,
+    progress=None,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with PGD on the hardtanh surrogate (see the module docstring).
 
@@ -233,6 +235,9 @@ def pgd_attack(
     seed
         Seeds the random starts and fallback steps: runs that the time limit does not cut are
         reproducible.
+    progress
+        True (a line on stderr), a callable or a :class:`~bnnmip.progress.Progress` to hear the
+        best objective as it improves; quiet by default.
 
     Returns
     -------
@@ -248,7 +253,9 @@ def pgd_attack(
         restarts = 2**62 if deadline.limited else 256
     opts = _check_options(box, eps, restarts, steps, batch, step_size)
     rng = np.random.default_rng(check_seed(seed))
-    tracker = Tracker(net, xf, eps, box, target, t0=deadline.t0)
+    report = as_progress(progress)
+    report.update(stage="PGD")
+    tracker = Tracker(net, xf, eps, box, target, t0=deadline.t0, progress=report)
     run = _Run(Surrogate.of(net), tracker, box, opts, rng, deadline.end)
     stop = run.all_restarts()
     message = {"flip": "", "time": "time limit reached", "budget": "step budget exhausted"}[stop]
