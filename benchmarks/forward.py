@@ -12,7 +12,11 @@ of one repetition (> 1: bnnmip is faster); the table gives its median and quarti
 repetitions, and the median times.  bnnmip runs single-threaded below 2,048 rows; from 2,048 rows
 on it splits the batch over its thread pool (``$BNNMIP_THREADS``, default: every CPU it may use).
 
-The second table documents the choice of the float32 product for the ±1 hidden layers: the same
+The second table is the floor under the first: the first layer's float32 product alone, in numpy
+(OpenBLAS, as bnnmip computes it, one thread) and as a one-node ONNX MatMul in single-threaded
+onnxruntime (MLAS, weights packed once), interleaved the same way.
+
+The third table documents the choice of the float32 product for the ±1 hidden layers: the same
 hidden-layer products (from the real first-layer outputs of the same batch) computed as a float32
 matrix product and as bit-packed XNOR-popcount (``np.bitwise_count`` on uint64 words, packing
 included), both on one thread, checked to agree exactly, at each batch size.
@@ -53,11 +57,13 @@ def batch(dataset: str, n: int) -> np.ndarray:
     return (tiled.astype(np.float32) / np.float32(255)).reshape(n, 1, 28, 28)
 
 
-def single_threaded_session(path: Path) -> ort.InferenceSession:
+def single_threaded_session(source: Path | bytes) -> ort.InferenceSession:
+    """onnxruntime on one thread (intra- and inter-op), default graph optimizations, on a file or model bytes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def calls_per_sample(n: int) -> int:
@@ -72,6 +78,17 @@ def timed(fn, calls: int) -> float:
     return (time.perf_counter() - t0) / calls
 
 
+def paired(ours, theirs, reps: int, pause: float, calls: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call times of ``ours`` and ``theirs``, one sample each per repetition, the order flipping every time."""
+    times: tuple[list, list] = ([], [])
+    for rep in range(reps):
+        for k in (0, 1) if rep % 2 == 0 else (1, 0):
+            if pause:
+                time.sleep(pause)
+            times[k].append(timed((ours, theirs)[k], calls))
+    return np.array(times[0]), np.array(times[1])
+
+
 def forward_row(model: str, n: int, reps: int, pause: float) -> dict:
     """Paired, interleaved timings of bnnmip and single-threaded onnxruntime on ``n`` rows of ``model``."""
     path = MODELS / f"{model}.onnx"
@@ -83,21 +100,37 @@ def forward_row(model: str, n: int, reps: int, pause: float) -> dict:
     (theirs,) = session.run(None, {name: X})
     agree = int(np.sum(np.argmax(ours, 1) == np.argmax(theirs, 1)))
     calls = calls_per_sample(n)
-    t_bnnmip, t_ort = [], []
-    for rep in range(reps):
-        runs = [(t_bnnmip, lambda: net.logits(X)), (t_ort, lambda: session.run(None, {name: X}))]
-        for times, fn in runs if rep % 2 == 0 else runs[::-1]:
-            if pause:
-                time.sleep(pause)
-            times.append(timed(fn, calls))
-    paired = np.array(t_ort) / np.array(t_bnnmip)
+    t_bnnmip, t_ort = paired(lambda: net.logits(X), lambda: session.run(None, {name: X}), reps, pause, calls)
+    ratio = t_ort / t_bnnmip
     return {"model": model, "n": n, "bnnmip_s": float(np.median(t_bnnmip)), "ort_s": float(np.median(t_ort)),
-            "ratio": float(np.median(paired)), "ratio_q1": float(np.percentile(paired, 25)),
-            "ratio_q3": float(np.percentile(paired, 75)), "agree": agree, "calls": calls}
+            "ratio": float(np.median(ratio)), "ratio_q1": float(np.percentile(ratio, 25)),
+            "ratio_q3": float(np.percentile(ratio, 75)), "agree": agree, "calls": calls}
 
 
 def _time(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs" if seconds < 1e-2 else f"{seconds * 1e3:,.1f} ms"
+
+
+# ---------------------------------------------------------------------- the first layer's product alone
+def product_row(width: int, n: int, reps: int, pause: float) -> dict:
+    """The float32 product (n, 784) @ (784, width) of ±1 weights: numpy/OpenBLAS vs onnxruntime/MLAS."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(width)
+    W = np.where(rng.random((784, width)) < 0.5, np.float32(-1), np.float32(1))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "product",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 784])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+                              [numpy_helper.from_array(W, "W")])
+    session = single_threaded_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                      .SerializeToString())
+    X = batch("fmnist", n).reshape(n, 784)
+    out = np.empty((n, width), np.float32)
+    with single_threaded_blas():
+        t_numpy, t_ort = paired(lambda: np.dot(X, W, out=out), lambda: session.run(None, {"x": X}), reps, pause,
+                                calls_per_sample(n))
+    return {"width": width, "n": n, "numpy_s": float(np.median(t_numpy)), "ort_s": float(np.median(t_ort)),
+            "ratio": float(np.median(t_ort / t_numpy))}
 
 
 # ---------------------------------------------------------------------- XNOR-popcount alternative
@@ -172,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(f"{d}_{a}" for d in DATASETS for a in ARCHS),
                         help="comma-separated models of the zoo (default: all 16)")
     parser.add_argument("--quick", action="store_true", help="smoke run: two models, 1 / 16 / 600 rows, 3 reps")
+    parser.add_argument("--no-product", action="store_true", help="skip the first layer's product alone")
     parser.add_argument("--no-popcount", action="store_true", help="skip the XNOR-popcount comparison")
     parser.add_argument("--json", help="write the numbers to this file too")
     args = parser.parse_args(argv)
@@ -201,6 +235,18 @@ def main(argv: list[str] | None = None) -> int:
           f"repetitions; worst {worst['ratio']:.2f} ({worst['model']}, {worst['n']} rows); "
           f"load average now {os.getloadavg()[0]:.2f}")
 
+    products = []
+    if not args.no_product:
+        widths = sorted({int(m.split("x")[1]) for m in models})
+        print("\nThe first layer's product alone, one thread: numpy (OpenBLAS) vs a MatMul in onnxruntime (MLAS)")
+        print(f"{'width':>6} {'rows':>6} {'numpy':>10} {'ort':>10} {'ratio':>6}")
+        for width in widths:
+            for n in sizes:
+                r = product_row(width, n, args.reps, args.pause)
+                products.append(r)
+                print(f"{width:>6} {n:>6} {_time(r['numpy_s']):>10} {_time(r['ort_s']):>10} {r['ratio']:6.2f}",
+                      flush=True)
+
     pop = []
     if not args.no_popcount:
         archs = sorted({m.split("_")[1] for m in models}, key=ARCHS.index)
@@ -213,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{arch:>6} {n:>6} {r['hidden_layers']:>6} {_time(r['float32_s']):>10} "
                       f"{_time(r['popcount_s']):>10} {r['slowdown']:13.2f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"forward": rows, "popcount": pop, "sizes": sizes, "reps": args.reps,
-                                               "load_average": os.getloadavg()}, indent=2))
+        Path(args.json).write_text(json.dumps({"forward": rows, "product": products, "popcount": pop, "sizes": sizes,
+                                               "reps": args.reps, "load_average": os.getloadavg()}, indent=2))
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .float32 import near_threshold, row_abs_sum, unit_signs
 from .fused import FusedForward
-from .threads import buffer, run_chunks, single_threaded_blas
+from .threads import CHUNK_ROWS, buffer, run_chunks, single_threaded_blas
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -299,13 +299,22 @@ class BNN:
         in float64.
         """
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_inputs or X.dtype not in _FLOATS:
+        if X.dtype not in _FLOATS or X.shape[1:] not in (self._flat_shape, self.input_shape):
             # NaN and inf are caught chunk by chunk, not in a pass of their own.
             X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
+        elif X.ndim != 2:
+            X = X.reshape(len(X), -1)
         out = np.empty((len(X), self.n_classes))
         with single_threaded_blas():
-            run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
+            if len(X) <= CHUNK_ROWS:
+                self._logits_chunk(X, out)
+            else:
+                run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
         return out
+
+    @cached_property
+    def _flat_shape(self) -> tuple[int]:
+        return (self.n_inputs,)
 
     @cached_property
     def _fused(self) -> FusedForward | None:

@@ -10,11 +10,13 @@ unless asked; :func:`as_progress` turns what a user passes as ``progress=`` into
   ``interval`` seconds (and at each new stage);
 * a :class:`Progress`: used as it is (the command line passes its own line).
 
-:meth:`Progress.scoped` prefixes the stages of a sub-solve ("radius 4 · MILP target 7 (1/9)").
+:meth:`Progress.scoped` prefixes the stages of a sub-solve ("radius 4 · MILP target 7 (1/9)");
+:func:`reports_progress` lets a function take any of these as ``progress=`` and see a :class:`Progress`.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -196,3 +198,15 @@ def opened(progress) -> Iterator[Progress]:
     finally:
         if reporter is not progress:
             reporter.close()
+
+
+def reports_progress(fn):
+    """Decorate ``fn(..., progress=...)`` so that it may be given anything :func:`as_progress` takes and
+    always sees a :class:`Progress`; a line made for the call is closed when it returns."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, progress=None, **kwargs):
+        with opened(progress) as report:
+            return fn(*args, progress=report, **kwargs)
+
+    return wrapper

@@ -6,7 +6,7 @@ import inspect
 
 from ..errors import InvalidArgumentError
 from ..network import BNN
-from ..progress import opened
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..threads import single_threaded_blas
 from ..validate import check_choice
 from .combined import best_attack, iprop_pgd_attack
@@ -24,8 +24,9 @@ METHODS = {
 }
 
 
+@reports_progress
 def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None, time_limit: float = 60.0,
-           backend: str = "highs", progress=None, **options) -> AttackResult:
+           backend: str = "highs", progress: Progress = NO_PROGRESS, **options) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with ``method`` (one of :data:`METHODS`).
 
     'milp' is exact (it can prove robustness), 'pgd' the gradient baseline, 'iprop' integer target
@@ -46,8 +47,8 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
             raise InvalidArgumentError(f"{unknown[0]}=...: not an option of method {method!r} "
                                        f"(options: {sorted(set(accepted) - {'net', 'x', 'eps'})})")
     # The attacks multiply small batches; multi-threaded BLAS only adds latency to those.
-    with single_threaded_blas(), opened(progress) as report:
-        return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, progress=report,
+    with single_threaded_blas():
+        return METHODS[method](net, x, eps, target=target, time_limit=time_limit, backend=backend, progress=progress,
                                **options)
 
 

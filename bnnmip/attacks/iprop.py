@@ -38,7 +38,7 @@ from ..bounds import interval_bounds_from_box
 from ..box import check_input, input_box
 from ..milp.encoding import pixels_with_bits
 from ..network import BNN
-from ..progress import as_progress
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..timing import Deadline
 from .iprop_layers import LayerData, layer_data, layer_solver
 from .result import AttackResult
@@ -271,6 +271,7 @@ class _IProp:
         return x
 
 
+@reports_progress
 def iprop_attack(
     net: BNN,
     x,
@@ -287,7 +288,7 @@ def iprop_attack(
     sub_time_limit: float = 0.3,
     mip_gap: float = 0.05,
     max_iterations: int | None = None,
-    progress=None,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).
 
@@ -299,9 +300,8 @@ def iprop_attack(
     deadline = Deadline.start(time_limit)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
-    report = as_progress(progress)
-    report.update(stage="IProp")
-    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=report)
+    progress.update(stage="IProp")
+    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
     x0 = xf if start is None else check_input(net, start)
     if start is not None:
         tracker.offer(box.snap(x0))

@@ -20,7 +20,7 @@ from ..box import check_input, input_box
 from ..milp.backend import get_backend
 from ..milp.formulation import AttackModel, attack_bounds, attack_milp, check_bounds_mode
 from ..network import BNN
-from ..progress import Progress, as_progress
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import SolveStatus
 from ..timing import Deadline
 from .result import AttackResult
@@ -47,6 +47,7 @@ class TargetOutcome:
     message: str = ""
 
 
+@reports_progress
 def milp_attack(
     net: BNN,
     x,
@@ -62,7 +63,7 @@ def milp_attack(
     verbose: bool = False,
     solver: str | None = None,
     stop_at_flip: bool = True,
-    progress=None,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with the exact MILP (see the module docstring).
 
@@ -77,17 +78,16 @@ def milp_attack(
     check_bounds_mode(bounds)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
-    report = as_progress(progress)
-    report.update(stage="MILP: bounds")
-    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=report)
+    progress.update(stage="MILP: bounds")
+    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
     solving = deadline.shortened(_RESERVE)
     layer_bounds = attack_bounds(net, box, bounds, deadline=solving)
-    solve = _TargetSolver(tracker, backend, solving, threads, verbose, solver, start, stop_at_flip, report)
+    solve = _TargetSolver(tracker, backend, solving, threads, verbose, solver, start, stop_at_flip, progress)
     outcomes: dict[int, TargetOutcome] = {}
     for i, t in enumerate(tracker.targets, 1):
         if solving.expired(_MIN_SOLVE):
             break
-        report.update(stage=f"MILP target {t} ({i}/{len(tracker.targets)})")
+        progress.update(stage=f"MILP target {t} ({i}/{len(tracker.targets)})")
         model = attack_milp(net, xf, eps, t, levels=levels, label=tracker.label, layer_bounds=layer_bounds)
         if solving.expired(_MIN_SOLVE):
             break

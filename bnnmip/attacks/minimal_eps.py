@@ -28,7 +28,7 @@ import numpy as np
 from ..box import DEFAULT_LEVELS, Radius, check_input, on_grid
 from ..errors import InvalidArgumentError
 from ..network import BNN
-from ..progress import NO_PROGRESS, Progress, opened
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import SearchStatus, Verdict
 from ..timing import Deadline
 from ..validate import check_levels
@@ -124,9 +124,10 @@ class MinimalEpsResult:
         return save_result(self, directory, shape=shape, context=context)
 
 
+@reports_progress
 def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float | None = 60.0, backend: str = "highs",
-                bounds: str = "interval", threads: int | None = None, solver: str | None = None, progress=None
-                ) -> MinimalEpsResult:
+                bounds: str = "interval", threads: int | None = None, solver: str | None = None,
+                progress: Progress = NO_PROGRESS) -> MinimalEpsResult:
     """The smallest L∞ radius on the grid of ``levels`` steps at which some input changes the prediction.
 
     ``x`` must lie on the grid.  ``time_limit`` (seconds, shared by all steps) bounds the search;
@@ -144,8 +145,7 @@ def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float 
     if len(off_grid):
         i = int(off_grid[0])
         raise InvalidArgumentError(f"x: input {i} = {xf[i]!r} is not on the grid of levels={levels}")
-    with opened(progress) as report:
-        return _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver, report).run()
+    return _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver, progress).run()
 
 
 class _Search:
