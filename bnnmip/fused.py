@@ -119,7 +119,7 @@ class FusedForward:
         if not distance.min() > bound:
             # Recompute every unit within the chunk's largest tolerance: few, and cheaper than sorting them out.
             near, cols = np.divmod(np.flatnonzero(distance <= np.float32(bound)), margin.shape[1])
-            margin[near, cols] = self._exact_margins(x[near], cols)
+            margin[near, cols] = self._exact_signs(x[near], cols)
         _signs(m)
         s[:] = 1
         for i in range(1, len(self.matrices)):
@@ -138,7 +138,7 @@ class FusedForward:
         distance = np.abs(margin, out=space.distance[0])
         if not distance.min() > s * self.row_gamma + self.threshold_tol_max:
             cols = np.flatnonzero(distance <= self.threshold_tol + np.float32(s * self.row_gamma))
-            margin[cols] = self._exact_margins(x[:1], cols)
+            margin[cols] = self._exact_signs(x[:1], cols)
         m[-1] = 1
         for weight, nxt in zip(self.transposed[1:], space.vectors[1:]):
             np.copysign(_ONE, m, out=m)
@@ -146,11 +146,12 @@ class FusedForward:
         np.dot(self.output_t, np.copysign(_ONE, m, out=space.last), out=out[0])
         return True
 
-    def _exact_margins(self, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Margins ``a - θ`` of the first layer's units ``cols`` on the rows ``x`` (one row each, or one row
-        for all) in float64: the same decisions as :meth:`~bnnmip.network.BNN.forward` (``a - θ`` is
-        ``>= 0`` exactly when ``a >= θ``, and keeps its sign when rounded to float32)."""
-        return np.add.reduce(x.astype(np.float64) * self.weight_rows[cols], axis=1) - self.threshold[cols]
+    def _exact_signs(self, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """±1 of the first layer's units ``cols`` on the rows ``x`` (one row each, or one row for all),
+        decided in float64 as :meth:`~bnnmip.network.BNN.forward` decides them (``a >= θ``; not the sign
+        bit of ``a - θ``, which is set for ``-0.0 - 0.0``)."""
+        exact = np.add.reduce(x.astype(np.float64) * self.weight_rows[cols], axis=1)
+        return np.where(exact >= self.threshold[cols], _ONE, -_ONE)
 
 
 # OpenBLAS multiplies small matrices (rows x columns x inner <= 1e6) with a kernel that does not

@@ -57,6 +57,19 @@ def test_constant_units(net, size):
 
 
 @pytest.mark.parametrize("size", [1, 16])
+def test_a_zero_pre_activation_on_a_zero_threshold_is_plus_one(net, size):
+    """An all-zero input gives ``a = -0.0`` on a unit whose weights are all -1; ``a >= θ = 0`` all the same."""
+    first = net.layers[0]
+    weight = first.weight.copy()
+    weight[:5] = -1
+    p = probe(bnnmip.Layer(weight, np.zeros(first.width), first.scale, integer=False))
+    X = np.zeros((size, 784), np.float32)
+    X[1:, :3] = 0.5  # other rows: some units off the threshold
+    np.testing.assert_array_equal(p.logits(X), p.forward(X).post[0])
+    assert np.all(p.logits(X)[0] == 1)
+
+
+@pytest.mark.parametrize("size", [1, 16])
 def test_inputs_for_the_general_path(net, size):
     rng = np.random.default_rng(2)
     X = rng.random((size, 784))
