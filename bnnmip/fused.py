@@ -62,7 +62,7 @@ class FusedForward:
         self.output = np.vstack([net.out_weight.T, net.out_bias[None, :]]).astype(np.float64)
         self.transposed = [np.ascontiguousarray(m.T) for m in self.matrices]
         self.output_t = np.ascontiguousarray(self.output.T)
-        self.weight_rows = first.weight if first.binary_weights else np.ascontiguousarray(first.weight, np.float64)
+        self.weight_rows = first._weight_rows  # float64, shared with the general path
         self.threshold = first.threshold
         self.threshold32 = first.threshold.astype(np.float32)
         gamma = (n + 4) * _U32 / (1 - (n + 4) * _U32)
@@ -138,7 +138,8 @@ class FusedForward:
         distance = np.abs(margin, out=space.distance[0])
         if not distance.min() > s * self.row_gamma + self.threshold_tol_max:
             cols = np.flatnonzero(distance <= self.threshold_tol + np.float32(s * self.row_gamma))
-            margin[cols] = self._exact_signs(x[:1], cols)
+            exact = self.weight_rows[cols] @ x[0].astype(np.float64, copy=False)
+            margin[cols] = np.where(exact >= self.threshold[cols], _ONE, -_ONE)
         m[-1] = 1
         for weight, nxt in zip(self.transposed[1:], space.vectors[1:]):
             np.copysign(_ONE, m, out=m)
@@ -147,9 +148,9 @@ class FusedForward:
         return True
 
     def _exact_signs(self, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """±1 of the first layer's units ``cols`` on the rows ``x`` (one row each, or one row for all),
-        decided in float64 as :meth:`~bnnmip.network.BNN.forward` decides them (``a >= θ``; not the sign
-        bit of ``a - θ``, which is set for ``-0.0 - 0.0``)."""
+        """±1 of the first layer's units ``cols`` on the rows ``x`` (one each), decided in float64 as
+        :meth:`~bnnmip.network.BNN.forward` decides them (``a >= θ``; not the sign bit of ``a - θ``,
+        which ``-0.0 - 0.0`` sets)."""
         exact = np.add.reduce(x.astype(np.float64) * self.weight_rows[cols], axis=1)
         return np.where(exact >= self.threshold[cols], _ONE, -_ONE)
 
