@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from .float32 import unit_signs
+from .float32 import near_threshold, unit_signs
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _ONE = np.float32(1)
@@ -115,10 +115,9 @@ class FusedForward:
         margin = m[:, :-1]
         margin -= self.threshold32
         distance = np.abs(margin, out=space.distance)
-        bound = largest * self.row_gamma + self.threshold_tol_max
-        if not distance.min() > bound:
-            # Recompute every unit within the chunk's largest tolerance: few, and cheaper than sorting them out.
-            near, cols = np.divmod(np.flatnonzero(distance <= np.float32(bound)), margin.shape[1])
+        if not distance.min() > largest * self.row_gamma + self.threshold_tol_max:
+            near, cols = near_threshold(margin, s * np.float32(self.row_gamma), self.threshold_tol,
+                                        self.threshold_tol_max, distance)
             margin[near, cols] = self._exact_signs(x[near], cols)
         _signs(m)
         s[:] = 1
