@@ -1,4 +1,9 @@
-"""What the single-image and model commands do: ``info``, ``predict``, ``attack``, ``export``, ``minimal-eps``."""
+"""What the single-image and model commands do: ``info``, ``predict``, ``attack``, ``export``, ``minimal-eps``.
+
+The steps every command on one image shares — :func:`one_image` (refusing a misclassified image),
+:func:`checked_radius` (grid steps, no empty radius), :func:`progress_line`, :func:`print_header` and
+:func:`save_if_asked` — are public so that further commands (``verify``) use the same ones.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +69,7 @@ def cmd_predict(args) -> int:
     return 0 if check.ok else 1
 
 
-def _one_image(args) -> tuple[object, object, np.ndarray, int]:
+def one_image(args) -> tuple[object, object, np.ndarray, int]:
     """(network, data slice, input, true label) for the commands that work on one ``--index``.
 
     A misclassified image is refused unless ``--allow-misclassified``: attacking it would only push
@@ -88,7 +93,7 @@ def _image(args, data) -> tuple[np.ndarray, int]:
     return data.images[args.index].astype(np.float64) / 255.0, int(data.labels[args.index])
 
 
-def _radius(args, net) -> float:
+def checked_radius(args, net) -> float:
     """The radius to search: ``--eps`` or ``--eps-steps`` grid steps, refused when it is no perturbation
     at all (0 steps, unless ``--allow-zero``) or reaches beyond the input range."""
     lo, hi = net.input_range
@@ -115,18 +120,18 @@ def _radius(args, net) -> float:
     return eps
 
 
-def _header(args, data, label: int, net, x: np.ndarray) -> None:
+def print_header(args, data, label: int, net, x: np.ndarray) -> None:
     print(f"model      {args.model}")
     print(f"image      #{args.index} of {data.name} (true class {label}, predicted {int(net.predict(x)[0])})")
 
 
-def _progress(args):
+def progress_line(args):
     """The live progress line on stderr: ``--progress``, ``--no-progress``, else when stderr is a terminal."""
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     return ProgressLine() if show else NO_PROGRESS
 
 
-def _save(args, result, net, data) -> None:
+def save_if_asked(args, result, net, data) -> None:
     if args.save:
         paths = result.save(args.save, shape=net.input_shape,
                             context={"model": str(args.model), "data": data.name, "index": args.index})
@@ -134,25 +139,25 @@ def _save(args, result, net, data) -> None:
 
 
 def cmd_attack(args) -> int:
-    net, data, x, true_label = _one_image(args)
-    eps = _radius(args, net)
+    net, data, x, true_label = one_image(args)
+    eps = checked_radius(args, net)
     options = {}
     if args.bounds != "interval":
         if args.method != "milp":
             raise InvalidArgumentError(f"--bounds {args.bounds}: only --method milp uses bounds")
         options["bounds"] = args.bounds
-    with _progress(args) as line:
+    with progress_line(args) as line:
         result = attack(net, x, eps, method=args.method, target=args.target, time_limit=args.time_limit,
                         backend=args.backend, progress=line, **options)
-    _header(args, data, true_label, net, x)
+    print_header(args, data, true_label, net, x)
     print(result.summary())
-    _save(args, result, net, data)
+    save_if_asked(args, result, net, data)
     return 0
 
 
 def cmd_export(args) -> int:
-    net, data, x, true_label = _one_image(args)
-    eps = _radius(args, net)
+    net, data, x, true_label = one_image(args)
+    eps = checked_radius(args, net)
     t0 = time.perf_counter()
     model = attack_milp(net, x, eps, args.target, bounds=args.bounds)
     built = time.perf_counter() - t0
@@ -160,7 +165,7 @@ def cmd_export(args) -> int:
     written = time.perf_counter() - t0 - built
     bounds = model.encoding.bounds
     fixed = sum(len(b.fixed) - b.n_free for b in bounds)
-    _header(args, data, true_label, net, x)
+    print_header(args, data, true_label, net, x)
     print(f"eps        {grid_radius(eps, net.levels, net.input_range).describe()}")
     print(f"wrote      {path} ({path.stat().st_size:,} bytes, {written:.2f} s)")
     print(f"model      {model.num_rows} rows, {model.num_cols} columns ({model.num_binary} binary, "
@@ -172,11 +177,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_minimal_eps(args) -> int:
-    net, data, x, true_label = _one_image(args)
-    with _progress(args) as line:
+    net, data, x, true_label = one_image(args)
+    with progress_line(args) as line:
         result = minimal_eps(net, x, levels=args.levels, time_limit=args.time_limit, backend=args.backend,
                              bounds=args.bounds, progress=line)
-    _header(args, data, true_label, net, x)
+    print_header(args, data, true_label, net, x)
     print(result.summary())
-    _save(args, result, net, data)
+    save_if_asked(args, result, net, data)
     return 0
