@@ -32,17 +32,18 @@ def table(out: str) -> dict[str, str]:
     return rows
 
 
-def test_the_readme_command_works_and_is_quick():
-    """``bnnmip attack models/fmnist_2x100.onnx --index 0 --eps 0.02``, as a user runs it."""
+def test_the_readme_command_works_and_is_quick(tmp_path):
+    """``bnnmip attack models/fmnist_2x100.onnx --index 0 --eps 2/255 --save out``, as a user runs it."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bnnmip.cli", "attack", MODEL, "--index", "0", "--eps", "0.02"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "bnnmip.cli", "attack", MODEL, "--index", "0", "--eps", "2/255",
+                           "--save", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr
     rows = table(done.stdout)
     assert rows["status"] == "adversarial" and rows["onnxruntime"].startswith("confirmed"), done.stdout
     assert rows["method"] == "best / highs" and rows["label"] == "9" and rows["adv_label"] != "9"
-    assert float(rows["max"].split()[-1]) <= 0.02 + 1e-9  # 'max |dx|' row
+    assert float(rows["max"].split()[-1]) <= 2 / 255 + 1e-9  # 'max |dx|' row
+    assert (tmp_path / "out" / "triptych.png").is_file()
     assert elapsed < 60, f"{elapsed:.1f} s"
 
 
