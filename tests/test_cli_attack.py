@@ -42,7 +42,7 @@ def test_the_readme_command_works_and_is_quick(tmp_path):
     rows = table(done.stdout)
     assert rows["status"] == "adversarial" and rows["onnxruntime"].startswith("confirmed"), done.stdout
     assert rows["method"] == "best / highs" and rows["label"] == "9" and rows["adv_label"] != "9"
-    assert float(rows["max"].split()[-1]) <= 2 / 255 + 1e-9  # 'max |dx|' row
+    assert float(rows["max"].split()[-1]) <= 2 / 255 * (1 + 1e-6)  # the 'max |dx|' row, printed to 6 digits
     assert (tmp_path / "out" / "triptych.png").is_file()
     assert elapsed < 60, f"{elapsed:.1f} s"
 
