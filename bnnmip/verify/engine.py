@@ -24,6 +24,7 @@ from ..attacks.pgd import pgd_attack
 from ..attacks.result import AttackResult
 from ..milp.backend import get_backend
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import Verdict
 from ..timing import Deadline
 from ..validate import check_choice
@@ -40,28 +41,30 @@ _PGD_SHARE, _PGD_SECONDS = 0.03, 0.5
 _BAB_SHARE = 0.85
 
 
+@reports_progress
 def verify(net: BNN, x, eps, *, time_limit: float | None = 60.0, levels: int | None = None, method: str = "auto",
            backend: str = "highs", threads: int | None = None, target: int | None = None,
-           seed: int = 0) -> AttackResult:
+           seed: int = 0, progress: Progress = NO_PROGRESS) -> AttackResult:
     """Decide whether some input within L∞ radius ``eps`` of ``x`` changes the prediction.
 
     Returns an :class:`~bnnmip.AttackResult` (method 'exact') whose status is 'robust' only with a
-    complete proof (``details['proof']`` says which: interval bounds, enumeration, branch-and-bound,
-    CP-SAT, MILP), 'adversarial' with an input re-checked by onnxruntime (``check``), or 'unknown'
-    when the budget ran out.  ``details`` also holds per-phase times and counters (patterns, nodes,
-    solves).  ``method`` picks one route instead of the portfolio (see the module docstring);
-    ``backend`` is the MILP solver of the 'milp' route ('highs', 'scip'); ``levels`` the input
-    grid (default: the network's).  With ``target``, only that class counts.
+    complete proof (``proof`` says which: interval bounds, enumeration, branch-and-bound, CP-SAT,
+    MILP), 'adversarial' with an input re-checked by onnxruntime (``check``), or 'unknown' when the
+    budget ran out.  ``details`` holds per-phase times and counters (patterns, nodes, solves).
+    ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`) hears each phase and
+    the best objective; quiet by default.  ``method`` picks one route instead of the portfolio (see
+    the module docstring); ``backend`` is the MILP solver of the 'milp' route ('highs', 'scip');
+    ``levels`` the input grid (default: the network's).  With ``target``, only that class counts.
     """
     check_choice(method, ROUTES, "method")
     deadline = Deadline.start(time_limit)
-    inst = Instance.make(net, x, eps, levels=levels, target=target, deadline=deadline)
+    inst = Instance.make(net, x, eps, levels=levels, target=target, deadline=deadline, progress=progress)
     run = _Run(inst, backend, threads, seed)
     verdict, proof, message = run.route(method)
-    robust = verdict == "robust"
-    details = {"proof": proof if robust else None, "route": method, **inst.stats.as_dict()}
-    return inst.tracker.result("exact", run.solver_name, robust=robust and not inst.decided, message=message,
-                               details=details)
+    robust = verdict == "robust" and not inst.decided
+    details = {"route": method, **inst.stats.as_dict()}
+    return inst.tracker.result("exact", run.solver_name, robust=robust, message=message, details=details,
+                               proof=proof if robust else "")
 
 
 class _Run:
@@ -115,6 +118,7 @@ class _Run:
 
     def _phase(self, name: str, fn) -> str:
         inst = self.inst
+        inst.tracker.progress.update(stage=f"verify: {name}")
         t = inst.deadline.elapsed()
         verdict = "adversarial" if inst.decided else fn()
         if inst.decided:
@@ -218,10 +222,10 @@ def _milp_backend(backend: str) -> str:
 
 def exact_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0, backend: str = "highs",
                  levels: int | None = None, threads: int | None = None, route: str = "auto",
-                 seed: int = 0) -> AttackResult:
+                 seed: int = 0, progress: Progress = NO_PROGRESS) -> AttackResult:
     """``attack(method='exact')``: :func:`verify` with the attack's signature (``route`` picks one route)."""
     return verify(net, x, eps, time_limit=time_limit, levels=levels, method=route, backend=backend, threads=threads,
-                  target=target, seed=seed)
+                  target=target, seed=seed, progress=progress)
 
 
 __all__ = ["ENUM_BITS", "ROUTES", "exact_attack", "verify"]

@@ -20,6 +20,7 @@ from ..attacks.tracker import Tracker
 from ..bounds import LayerBounds, interval_bounds_from_box
 from ..box import InputBox, check_input, input_box
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress
 from ..timing import Deadline
 
 
@@ -54,10 +55,11 @@ class Instance:
     _margins: tuple | None = field(default=None, repr=False)
 
     @classmethod
-    def make(cls, net: BNN, x, eps, *, levels: int | None, target: int | None, deadline: Deadline) -> Instance:
+    def make(cls, net: BNN, x, eps, *, levels: int | None, target: int | None, deadline: Deadline,
+             progress: Progress = NO_PROGRESS) -> Instance:
         xf = check_input(net, x)
         box = input_box(net, xf, eps, levels)
-        tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0)
+        tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
         return cls(net, xf, float(eps), box, interval_bounds_from_box(net, box), tracker, deadline,
                    levels if levels is not None else net.levels)
 
