@@ -24,13 +24,14 @@ import numpy as np
 
 from ...errors import InvalidArgumentError
 from ...network import BNN
+from ...validate import check_levels
 from ..onnx_file import read_model
 from .calibrate import build_stages
 from .graph import Graph
 from .origin import OnnxOrigin, any_batch
 from .patterns import PATTERNS
 from .self_check import self_check
-from .walk import walk
+from .walk import check_off_chain, walk
 
 __all__ = ["OnnxOrigin", "load_onnx"]
 
@@ -58,11 +59,12 @@ def load_onnx(
         The graph has a node bnnmip cannot represent exactly (the message names it).
     """
     lo, hi = _checked_range(input_range)
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1):
-        raise InvalidArgumentError(f"levels={levels!r}: expected a positive integer or None")
+    levels = check_levels(levels)
     model = read_model(path)
     graph = Graph(model, str(path))
+    _check_range_fits(input_range, lo, hi, graph.dtype)
     chain = walk(graph, PATTERNS)
+    check_off_chain(graph, chain)
     layers, binarization = build_stages(chain, graph)
     origin = OnnxOrigin(
         str(path), any_batch(model).SerializeToString(), graph.input_name, graph.input_shape, chain.logits_name,
@@ -74,7 +76,7 @@ def load_onnx(
         out_bias=chain.out_bias,
         input_binarization=binarization,
         input_range=(lo, hi),
-        levels=None if levels is None else int(levels),
+        levels=levels,
         input_shape=graph.input_shape,
         tie_rule=chain.tie_rule(),
         source=str(path),
@@ -91,4 +93,14 @@ def _checked_range(input_range) -> tuple[float, float]:
         raise InvalidArgumentError(f"input_range={input_range!r}: expected two numbers (lo, hi)") from e
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise InvalidArgumentError(f"input_range={input_range!r}: expected finite lo < hi")
+    if not np.isfinite(hi - lo):
+        raise InvalidArgumentError(f"input_range={input_range!r}: hi - lo overflows")
     return lo, hi
+
+
+def _check_range_fits(input_range, lo: float, hi: float, dtype: type) -> None:
+    """The range must hold in the model's input type (float32 inputs overflow past ~3.4e38)."""
+    limit = float(np.finfo(dtype).max)
+    if max(abs(lo), abs(hi), hi - lo) > limit:
+        raise InvalidArgumentError(f"input_range={input_range!r}: outside what the model's {np.dtype(dtype).name} "
+                                   f"input holds (|value| <= {limit:.3g})")

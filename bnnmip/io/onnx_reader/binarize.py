@@ -47,6 +47,7 @@ def compare_where(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
     if len(users) != 1 or users[0].op_type != Op.WHERE or users[0].input[0] != node.output[0]:
         raise UnsupportedModelError(f"{state.where(node)}: a comparison must feed Where(cond, 1, -1) only")
     where = users[0]
+    state.visit(where)
     p = state.graph.need_const(where, 1, "the value if true")
     q = state.graph.need_const(where, 2, "the value if false")
     if p.size != 1 or q.size != 1 or {float(p.reshape(-1)[0]), float(q.reshape(-1)[0])} != {1.0, -1.0}:

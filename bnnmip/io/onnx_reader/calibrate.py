@@ -15,7 +15,7 @@ from onnx import helper
 
 from ...errors import UnsupportedModelError
 from ...network import InputBinarization, Layer
-from ..runtime import ort_session
+from ..runtime import new_session
 from .graph import Graph
 from .ops import Op
 from .walk import Chain, GemmScale, Stage, Tie
@@ -170,7 +170,7 @@ def _run_stage(stage: Stage, graph: Graph, pre: np.ndarray) -> np.ndarray:
     m = pre.shape[1]
     mini, feed = _calibration_model(stage, graph, m)
     try:
-        session = ort_session(mini.SerializeToString())
+        session = new_session(mini.SerializeToString(), threads=1)
         (out,) = session.run([stage.output], {feed: pre.astype(graph.dtype)})
     except Exception as e:  # onnxruntime raises its own exception types
         raise UnsupportedModelError(f"{graph.where(stage.node)}: onnxruntime cannot run this layer ({e})") from e
