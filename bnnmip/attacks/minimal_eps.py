@@ -31,6 +31,7 @@ from ..timing import Deadline
 from ..validate import check_levels
 from .milp import milp_attack
 from .pgd import pgd_attack
+from .result import OnnxRecheck
 
 _PGD_SECONDS = 2.0  # at most, after an undecided MILP while growing: a flip found bounds the radius
 
@@ -62,6 +63,7 @@ class MinimalEpsResult:
     backend: str
     decisions: list = field(default_factory=list)
     message: str = ""
+    check: OnnxRecheck | None = None  # onnxruntime's re-check of x_adv: label, L∞ distance, input range
 
     @property
     def status(self) -> SearchStatus:
@@ -84,6 +86,7 @@ class MinimalEpsResult:
             ("label", str(self.label)),
             ("adv_label", "-" if self.adv_label is None else str(self.adv_label)),
             ("verified", "yes (onnxruntime)" if self.verified else "no"),
+            *([("onnxruntime", self.check.describe())] if self.check is not None else []),
             ("decisions", ", ".join(f"r={r}: {v}" for r, v, _ in self.decisions) or "-"),
             ("time", f"{self.time:.2f} s"),
         ]
@@ -123,7 +126,7 @@ class _Search:
                                                                                threads, solver)
         self.label = int(net.predict(x)[0])
         self.robust = 0  # largest radius proven robust
-        self.flip = None  # (radius, x_adv, adv_label, verified) of the closest verified flip
+        self.flip = None  # (radius, x_adv, adv_label, verified, check) of the closest verified flip
         self.cap = levels + 1  # the smallest radius left unknown (bisection probes below it)
         self.decisions = []
 
@@ -157,7 +160,7 @@ class _Search:
             if distance <= self.robust:  # a flip inside a box proven robust: a bnnmip bug, never data
                 raise AssertionError(f"flip at distance {distance} inside radius {self.robust} proven robust")
             if self.flip is None or distance < self.flip[0]:
-                self.flip = (distance, result.x_adv, result.adv_label, result.verified)
+                self.flip = (distance, result.x_adv, result.adv_label, result.verified, result.check)
         else:
             self.cap = min(self.cap, r)
         return result.status
@@ -199,11 +202,12 @@ class _Search:
         no_flip = self.flip is None and self.robust >= self.levels
         exact = no_flip or (upper is not None and upper == self.robust + 1)
         steps = upper if exact and not no_flip else None
-        x_adv, adv_label, verified = (None, None, False) if self.flip is None else self.flip[1:]
+        x_adv, adv_label, verified, check = (None, None, False, None) if self.flip is None else self.flip[1:]
         message = "" if exact else "not every radius was decided within the time limit"
         return MinimalEpsResult(
             exact=exact, steps=steps, eps=None if steps is None else steps * self.step,
             proven_robust_below=self.robust + 1, found_adversarial_at=upper, x_adv=x_adv, label=self.label,
             adv_label=adv_label, verified=verified, levels=self.levels, step=self.step,
             time=self.deadline.elapsed(), backend=self.backend, decisions=self.decisions, message=message,
+            check=check,
         )
