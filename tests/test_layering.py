@@ -1,7 +1,7 @@
 """The package's layering, read from the source: every import in ``bnnmip/`` (function-level ones
 included) goes down or sideways within its own layer, and no two modules import each other in a cycle.
 
-    errors, status, timing, validate, version  →  network, threads  →  io | bounds, box  →  milp
+    errors, files, status, timing, validate, version  →  network, threads  →  io | bounds, box  →  milp
     →  backends  →  attacks  →  bench  →  cli (and the package's own ``__init__``, ``__main__``)
 
 Imports under ``if TYPE_CHECKING:`` are annotations only (never executed) and are not counted.
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bnnmip"
 
 # (rank, group): an import must go to a lower rank, or stay inside its own group.
 LAYERS = [
-    ("base", ("errors", "status", "timing", "validate", "version")),
+    ("base", ("errors", "files", "status", "timing", "validate", "version")),
     ("network", ("network", "threads", "float32")),
     ("io", ("io",)),
     ("bounds", ("bounds", "box")),
