@@ -26,6 +26,7 @@ import os
 import resource
 import signal
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from .store import ResultStore, StoreUnavailable
 WORKERS_PER_CORE = 4
 """Local worker processes per core at most: more only slows every job down."""
 _FDS_PER_WORKER = 16  # pipes, sockets and files of one worker process, seen from the coordinator
+_SCHEMES = {"tcp", "tls", "ws", "wss", "ucx"}  # the transports of a remote Dask scheduler
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class BenchSummary:
 
     def __str__(self) -> str:
         state = "interrupted" if self.interrupted else ("complete" if self.complete else "incomplete")
-        if self.ran or self.cancelled:
+        if self.ran or self.cancelled or self.by_others:
             this_run = (f"{self.ran} jobs in {self.elapsed:.1f} s on {self.cluster}"
                         + (f" ({self.jobs_per_hour:,.0f} jobs/hour)" if self.jobs_per_hour else "")
                         + (f"; {self.skipped} already done" if self.skipped else "")
@@ -172,16 +174,16 @@ def run(config: BenchConfig | str | os.PathLike, *, db: str | os.PathLike | None
     drive = Drive(store, run_id, pending, tally, None, window=2 * n_workers, lease=lease, patience=patience)
     interrupted = False
     if pending:
-        with _progress_bar(cfg.name, len(jobs), len(done), progress) as bar:
-            drive.bar = bar
-            bar.set_postfix_str(tally.postfix(), refresh=False)
-            try:
-                with connect(None if scheduler else n_workers, scheduler) as client:
-                    drive.run(client)
-            except KeyboardInterrupt:
-                interrupted = True
-            finally:
-                drive.finish(deadline=5.0 if interrupted else 30.0)
+        try:  # the cluster first: a scheduler that is not there is an error before any progress is shown
+            with connect(None if scheduler else n_workers, scheduler) as client, \
+                    _progress_bar(cfg.name, len(jobs), len(done), progress) as bar:
+                drive.bar = bar
+                bar.set_postfix_str(tally.postfix(), refresh=False)
+                drive.run(client)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            drive.finish(deadline=5.0 if interrupted else min(30.0, patience))
     summary = _summary(cfg, db_path, store, keys, done, drive, time.perf_counter() - t0, cluster, interrupted)
     if interrupted:
         raise BenchInterrupted(summary)
@@ -202,9 +204,24 @@ def _checked_workers(workers, scheduler: str | None, threads: int) -> int:
     if workers is not None and workers > max_workers():
         raise InvalidArgumentError(f"workers={workers}: over bnnmip's limit of {max_workers()} local workers "
                                    f"({WORKERS_PER_CORE} per core, within the open-file limit)")
-    if scheduler is not None and (not isinstance(scheduler, str) or "://" not in scheduler):
+    if scheduler is not None and not _is_address(scheduler):
         raise InvalidArgumentError(f"scheduler={scheduler!r}: expected an address such as tcp://host:8786")
     return workers or default_workers(threads)
+
+
+def _is_address(text) -> bool:
+    """``scheme://host[:port]`` with a scheme Dask speaks and a well-formed host and port."""
+    if not isinstance(text, str) or len(text) > 1000:
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    if parts.scheme == "inproc":  # a cluster of threads in this process: inproc://host/pid/n
+        return bool(parts.netloc)
+    return parts.scheme in _SCHEMES and bool(parts.hostname) and (port is None or port > 0) \
+        and not (parts.path.strip("/") or parts.query or parts.fragment)
 
 
 def _summary(cfg, db_path, store, keys, done, drive: Drive, elapsed: float, cluster: str,

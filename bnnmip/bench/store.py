@@ -159,7 +159,9 @@ class ResultStore:
     def _reader(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection; a WAL database in a read-only folder is read as immutable."""
         try:
-            conn = sqlite3.connect(self._uri("ro"), uri=True, timeout=self.busy_timeout)
+            # A WAL database that no writer has open (no -wal file) is read as immutable, so that
+            # reading it creates no -wal/-shm files beside someone else's database.
+            conn = sqlite3.connect(self._uri("ro", immutable=self._quiet_wal()), uri=True, timeout=self.busy_timeout)
             try:
                 conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             except sqlite3.OperationalError as e:
@@ -177,6 +179,16 @@ class ResultStore:
             raise StoreUnavailable(f"db {self.path}: cannot read it ({e})") from None
         finally:
             conn.close()
+
+    def _quiet_wal(self) -> bool:
+        """Whether the file's header says WAL mode while no -wal file (so no writer) exists."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except OSError:
+            return False
+        wal = len(header) == 100 and header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+        return wal and not self.path.with_name(self.path.name + "-wal").exists()
 
     @contextlib.contextmanager
     def _writer(self, mode: str = "rw") -> Iterator[sqlite3.Connection]:
