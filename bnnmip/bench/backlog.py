@@ -127,7 +127,7 @@ def _journal_rows(f, path: Path) -> list[ResultRow]:
     for n, line in enumerate(f, start=1):
         try:
             values = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # a line cut short by a kill: its row was never acknowledged
         if isinstance(values, list):
             rows.append(row_from_values(values, f"journal {path} line {n}"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import os
 import re
 import sqlite3
@@ -24,8 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 
 from bnnmip import BnnmipError
@@ -33,49 +32,28 @@ from bnnmip.bench import ResultStore, expand, load_config, read_csv, run
 from bnnmip.bench.jobs import job_key
 from bnnmip.bench.rows import COLUMN_NAMES_V1, COLUMNS
 from bnnmip.errors import StoreError
-from bnnmip.io.onnx_writer import random_params, to_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-CONFIG = """\
-name = "tiny"
-time_limit = 30.0
-levels = {levels}
-eps_levels = [1, 4]
-methods = ["milp"]
-backends = ["highs"]
-
-[images]
-first_correct = {images}
-
-[[models]]
-file = "tiny_a.onnx"
-data = "tiny_a.npz"
-
-[[models]]
-file = "tiny_b.onnx"
-data = "tiny_b.npz"
-"""
 
 
-def _make_model(folder: Path, name: str, seed: int) -> None:
-    from bnnmip import load_onnx
-
-    rng = np.random.default_rng(seed)
-    onnx.save(to_onnx(random_params(rng, 784, [16, 16], 10, input_binarization=True)), folder / f"{name}.onnx")
-    images = rng.integers(0, 256, size=(8, 784)).astype(np.uint8)
-    labels = load_onnx(folder / f"{name}.onnx", levels=255).predict(images / 255.0)
-    np.savez(folder / f"{name}.npz", images=images, labels=labels.astype(np.uint8))
+def _soak_script():
+    """benchmarks/store_soak.py, whose tiny benchmark (two random BNNs and their images) these tests share."""
+    spec = importlib.util.spec_from_file_location("bnnmip_benchmark_store_soak", ROOT / "benchmarks" / "store_soak.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
+    """tiny_255.toml and tiny_127.toml (2 models x 4 images x 2 radii, differing only in levels), tiny_soak.toml."""
     folder = tmp_path_factory.mktemp("store")
-    _make_model(folder, "tiny_a", 7)
-    _make_model(folder, "tiny_b", 8)
+    make = _soak_script().make_benchmark
     for levels in (255, 127):
-        (folder / f"tiny_{levels}.toml").write_text(CONFIG.format(levels=levels, images=4))
-    (folder / "tiny_soak.toml").write_text(CONFIG.format(levels=255, images=8))
+        make(folder, images=4, levels=levels, eps_levels=(1, 4), name=f"tiny_{levels}.toml")
+    make(folder, images=8, eps_levels=(1, 4), name="tiny_soak.toml")
     return folder
 
 
