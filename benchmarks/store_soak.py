@@ -19,7 +19,7 @@ Checked after each round (and printed as counts):
   their side journals by a later run).
 
 Usage: ``python benchmarks/store_soak.py [--seconds 180] [--seed 0] [--images 8] [--folder DIR]``;
-exit status 0 when every check holds.  ``tests/system/test_store_soak.py`` runs a short version.
+exit status 0 when every check holds.  ``tests/system/test_hostile_store.py`` runs a short version.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ class Drive:
     recorded: int = 0  # rows this run inserted
     duplicates: int = 0  # results whose job another run recorded first
     job_seconds: float = 0.0
-    store_error: str = ""
+    store_error: str = ""  # why the store last refused a read or write
+    gave_up: bool = False  # the store stayed unusable for ``patience`` seconds with nothing running
     backlog: Backlog = field(init=False)
 
     def __post_init__(self):
@@ -71,7 +72,8 @@ class Drive:
                 self._housekeeping()
                 if not ready:
                     if not self.in_flight and time.monotonic() - self.last_ok > self.patience:
-                        break  # the store has been unusable for too long and nothing is running
+                        self.gave_up = True  # the store has been unusable for too long and nothing is running
+                        break
                     time.sleep(_TICK if self.in_flight else min(_RETRY, 0.5))
         finally:
             if self.in_flight:

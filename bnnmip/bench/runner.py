@@ -193,6 +193,9 @@ def run(config: BenchConfig | str | os.PathLike, *, db: str | os.PathLike | None
                 else f"they could not be saved elsewhere either ({drive.backlog.journal_error})")
         raise StoreError(f"db {db_path}: {len(drive.backlog.rows)} computed result(s) are not in the database "
                          f"({drive.backlog.reason}); {kept}")
+    if drive.gave_up:
+        raise StoreError(f"{drive.store_error}: gave up after {patience:g} s; {summary.cancelled} job(s) not run, "
+                         "every finished job is in the database")
     return summary
 
 
@@ -258,9 +261,9 @@ def connect(workers: int | None, scheduler: str | None) -> Iterator:
         finally:
             _quietly_close(client)
         return
-    with _sigint_ignored():
+    with _sigint_ignored():  # workers log only what is fatal: a heartbeat lost while shutting down is not
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
     try:
         client = Client(cluster)
         try:

@@ -262,14 +262,6 @@ class ResultStore:
         with self._reader() as conn:
             return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
-    def held_elsewhere(self, keys: set[str], run_id: str) -> dict[str, str]:
-        """Job key → owner, for the live claims of other runs among ``keys`` (jobs running elsewhere)."""
-        now = time.time()
-        with self._reader() as conn:
-            claims = conn.execute("SELECT job_key, run_id, owner, expires FROM claims").fetchall()
-        return {k: owner for k, run, owner, expires in claims
-                if k in keys and run != run_id and expires >= now and not _owner_dead(owner)}
-
     # ------------------------------------------------------------------ writing
     def start_run(self, config: str, config_text: str, workers: str, jobs: int, pending: int) -> str:
         """Record one invocation; returns its run id (stored in every row it writes)."""

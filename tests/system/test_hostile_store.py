@@ -5,7 +5,8 @@
   are recognised as today's jobs;
 * 7: the store opens read-only for reading, refuses foreign and newer databases without touching
   them, keeps computed results when the database is locked or full, and two concurrent writers
-  split the jobs so that every job ends exactly once.
+  split the jobs so that every job ends exactly once (also under SIGKILL and a read-only database:
+  the short soak at the end; the full one is ``python benchmarks/store_soak.py``).
 
 Benchmarks run on tiny random BNNs (784 binarized inputs, two ±1 layers of 16) whose MILPs solve in
 a fraction of a second; most runs use an in-process Dask cluster of threads.
@@ -371,3 +372,19 @@ def test_results_do_not_create_a_database(tmp_path):
     empty.touch()
     one_line_error(cli("results", str(empty)), "empty.sqlite")
     assert empty.stat().st_size == 0
+
+
+# ====================================================================== the soak, short
+@pytest.mark.slow
+def test_a_short_soak_ends_every_job_exactly_once_and_loses_nothing(tmp_path, capsys):
+    """benchmarks/store_soak.py for one round: two concurrent `bnnmip bench` on one database, SIGKILLed, made
+    read-only and locked at random moments; every job ends once, with a clean run's status, nothing reported lost."""
+    assert _soak_script().main(["--seconds", "15", "--round-seconds", "15", "--images", "3", "--seed", "3",
+                                "--folder", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    total = re.search(r"total: jobs (\d+), rows (\d+), started (\d+), killed (\d+)", out)
+    assert total, out
+    jobs, rows, started, killed = (int(v) for v in total.groups())
+    assert jobs == rows > 0 and started >= 2 and killed >= 1, out
+    assert "wrong_status 0, lost 0" in out and "nothing lost: yes" in out
+
