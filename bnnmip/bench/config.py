@@ -73,6 +73,8 @@ else:  # pragma: no cover
 
 MAX_CONFIG_BYTES = 2**20
 """The size of a configuration file."""
+MAX_MODELS = 1_000
+"""Models in one configuration (each is loaded and calibrated to expand the jobs)."""
 
 #: Methods that never call a MILP solver: one job each, whatever ``backends`` says.
 SOLVER_FREE_METHODS = frozenset({"pgd"})
@@ -243,9 +245,9 @@ class _Parser:
                 raise InvalidArgumentError(f"options.{method}: {sorted(reserved)} are set by the runner, not here")
             try:
                 out.append((method, json.dumps(dict(opts), sort_keys=True, separators=(",", ":"))))
-            except TypeError as e:
+            except (TypeError, ValueError, RecursionError) as e:
                 raise InvalidArgumentError(f"options.{method}: values must be numbers, strings, booleans or "
-                                           f"lists/tables of them ({e})") from None
+                                           f"lists/tables of them ({type(e).__name__})") from None
         return tuple(sorted(out))
 
     def confined(self, value, key: str) -> Path:
@@ -288,6 +290,8 @@ class _Parser:
                 eps = eps_list(entry, self.levels, key + ".")
                 found = [replace(spec, eps=eps) for spec in found]
             specs.extend(found)
+            if len(specs) > MAX_MODELS:
+                raise InvalidArgumentError(f"{key}: over bnnmip's limit of {MAX_MODELS:,} models in one configuration")
         return tuple(specs)
 
     def file_model(self, entry: Mapping, key: str, images: ImageSelection) -> ModelSpec:

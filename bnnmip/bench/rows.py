@@ -181,7 +181,13 @@ def write_csv(rows: list[ResultRow], out: typing.TextIO) -> None:
 
 def read_csv(source: typing.TextIO) -> list[ResultRow]:
     """Rows back from :func:`write_csv`'s output (today's columns, or schema 1's)."""
-    reader = csv.reader(source)
+    try:
+        return _read_csv(csv.reader(source))
+    except csv.Error as e:
+        raise StoreError(f"csv: not a bnnmip results export ({e})") from None
+
+
+def _read_csv(reader) -> list[ResultRow]:
     header = next(reader, None)
     if header not in (COLUMN_NAMES, COLUMN_NAMES_V1):
         raise StoreError("csv: the header is not that of a bnnmip results export")

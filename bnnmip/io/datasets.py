@@ -38,6 +38,8 @@ MAX_DATA_BYTES = 512 * 2**20
 MAX_DATA_VALUES = 64 * 2**20
 """Values (pixels plus labels) a data file may declare: checked from the array headers, before reading."""
 _NPY_HEADER_BYTES = 10_000  # numpy's own default limit on a .npy header
+MAX_NPZ_MEMBERS = 64
+"""Files inside an .npz (a slice has two): read from the zip's end record before its directory is parsed."""
 
 _IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -216,6 +218,10 @@ def load_npz(path: str | os.PathLike) -> Dataset:
                                    f"{MAX_DATA_BYTES:,} for a data file")
     budget = [MAX_DATA_VALUES]
     try:
+        members = _zip_members(path)
+        if members > MAX_NPZ_MEMBERS:
+            raise DatasetNotFoundError(f"{path}: {members:,} files inside, over bnnmip's limit of {MAX_NPZ_MEMBERS} "
+                                       "for a data file")
         with zipfile.ZipFile(path) as z:
             images, labels = (_npy_member(z, key, path, budget) for key in ("images", "labels"))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
@@ -231,6 +237,29 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:
         raise DatasetNotFoundError(f"{path}: labels must be non-negative integers, got {labels.dtype} values")
     return Dataset(images, labels.astype(np.int64), path.stem)
+
+
+def _zip_members(path: Path) -> int:
+    """The number of files a zip declares in its end record (zip64 too), without reading its directory.
+
+    ``zipfile.ZipFile`` builds an object per directory entry: millions of tiny entries would take
+    gigabytes before any check.  No end record: 0 (``ZipFile`` then says it is not a zip).
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65_557))  # the end record (22 bytes) and a comment of at most 65,535
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0:
+            return 0
+        entries = int.from_bytes(tail[at + 10: at + 12], "little")
+        locator = tail.rfind(b"PK\x06\x07", 0, at)
+        if entries == 0xFFFF and locator >= 0:  # zip64: the count is in the zip64 end record
+            f.seek(int.from_bytes(tail[locator + 8: locator + 16], "little"))
+            record = f.read(56)
+            if record[:4] == b"PK\x06\x06":
+                entries = int.from_bytes(record[32:40], "little")
+    return entries
 
 
 def _npy_member(z: zipfile.ZipFile, key: str, path: Path, budget: list[int]) -> np.ndarray:

@@ -247,6 +247,8 @@ def _check_tensor(tensor: TensorProto, path: Path, budget: list[int]) -> None:
                 f"{path}: tensor {name!r} declares shape {dims}, over bnnmip's limit of "
                 f"{MAX_TENSOR_ELEMENTS:,} elements; refused before allocating it"
             )
+    if tensor.HasField("segment"):
+        raise ModelFileError(f"{path}: tensor {name!r} is a segment of a larger tensor, which bnnmip does not read")
     if tensor.data_type not in _TYPED_FIELD:
         known = tensor.data_type in TensorProto.DataType.values()
         kind = TensorProto.DataType.Name(tensor.data_type) if known else str(tensor.data_type)

@@ -244,6 +244,21 @@ def test_hostile_data_files_are_refused_before_reading(tmp_path, name):
     assert fragment in message and peak < 16 * 2**20
 
 
+def test_a_zip_directory_bomb_is_refused_from_its_end_record(tmp_path):
+    """200,000 empty files: zipfile would build an object per entry before any other check."""
+    path = tmp_path / "many.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", _npy(np.zeros((2, 784), np.uint8)))
+        z.writestr("labels.npy", _npy(np.zeros(2, np.int64)))
+        for i in range(200_000):
+            z.writestr(zipfile.ZipInfo(f"{i}"), b"")
+    tracemalloc.start()
+    message = _message(lambda: load_npz(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "200,002 files inside" in message and peak < 4 * 2**20
+
+
 def test_a_zip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     path = _bomb(tmp_path / "bomb.npz")
     assert path.stat().st_size < 2**20
@@ -269,6 +284,20 @@ def test_the_job_list_is_counted_before_it_is_built(tmp_path, monkeypatch):
                            "models": [{"file": str(ROOT / "models/fmnist_2x100.onnx"),
                                        "data": str(ROOT / "models/fmnist_test100.npz")}]}, tmp_path / "c.toml")
     assert "30 jobs or more" in _message(lambda: bench_jobs.expand(config)) and not built
+
+
+def test_a_config_cannot_declare_endless_models_or_unserialisable_options(tmp_path, monkeypatch):
+    from bnnmip.bench import config as bench_config
+
+    monkeypatch.setattr(bench_config, "MAX_MODELS", 3)
+    model = {"file": str(ROOT / "models/fmnist_2x100.onnx"), "data": str(ROOT / "models/fmnist_test100.npz")}
+    base = {"methods": ["pgd"], "eps_levels": [2], "images": {"first_correct": 1}}
+    assert "limit of 3 models" in _message(lambda: parse_config({**base, "models": [model] * 4}, tmp_path / "c.toml"))
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    assert "options.pgd" in _message(lambda: parse_config({**base, "models": [model], "options": {"pgd": deep}},
+                                                         tmp_path / "c.toml"))
 
 
 def test_hostile_toml_is_refused(tmp_path):

@@ -148,6 +148,13 @@ def test_malformed_sparse_tensors_are_refused(tmp_path, indices, dims, fragment)
     assert fragment in _message(lambda: load_onnx(_save(tmp_path, model)))
 
 
+def test_a_tensor_segment_is_refused(tmp_path):
+    model = _model()
+    tensor = _init(model, "mean_6")
+    tensor.segment.begin, tensor.segment.end = 0, 5
+    assert "segment" in _message(lambda: load_onnx(_save(tmp_path, model)))
+
+
 @pytest.mark.parametrize("part", ["functions", "training_info"])
 def test_places_that_hide_graphs_are_refused(tmp_path, part):
     model = _model()

@@ -148,6 +148,15 @@ def _typed(cell, base: type):
     return int(cell) if base in (int, bool) else float(cell)
 
 
+def test_a_csv_that_is_not_an_export_is_an_error(tmp_path):
+    import io
+
+    for text in ("a,b\n1,2\n", ",".join(COLUMN_NAMES_V1) + "\n" + "x" * 200_000 + "\n",
+                 ",".join(COLUMN_NAMES_V1) + "\n1,2\n"):
+        with pytest.raises(StoreError):
+            read_csv(io.StringIO(text))
+
+
 def test_a_version_1_database_is_read_untouched_and_migrated_only_for_writing(tmp_path):
     db = _v1_database(tmp_path / "old.sqlite")
     with open(RESULTS / "quick.csv", newline="") as f:
