@@ -1,8 +1,9 @@
 """The coordinator's loop (:class:`Drive`): claim jobs, submit them, record results, never lose one.
 
-* **Claims.**  Jobs are claimed in the results store a window at a time (twice the workers) before
-  they are submitted, and their leases renewed while they run (:class:`~.store.ResultStore`): a
-  second ``bnnmip bench`` on the same database runs other jobs.  When only jobs that other live
+* **Claims.**  Jobs are claimed in the results store a window at a time (twice the cluster's worker
+  threads, looked at every half minute) before they are submitted, and their leases renewed while
+  they run (:class:`~.store.ResultStore`): a second ``bnnmip bench`` on the same database runs
+  other jobs.  When only jobs that other live
   runs hold are left, the loop waits for their rows (or takes them over if their owner dies), so a
   run that returns has seen every job of its configuration end.
 * **Failures of the store.**  A result the database refuses (locked, read-only, disk full) goes to
@@ -28,6 +29,7 @@ from .worker import ERROR, JobResult, execute
 
 _TICK = 0.05  # seconds between polls of the cluster
 _RETRY = 2.0  # seconds between retries of a refused write, and polls of jobs held elsewhere
+_RESIZE = 30.0  # seconds between looks at the cluster's size
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Drive:
         self.in_flight: dict = {}  # future -> job
         self.t0 = time.perf_counter()
         self.last_ok = time.monotonic()  # the last time the store took a write
-        self.next_renew = self.next_retry = 0.0
+        self.next_renew = self.next_retry = self.next_size = 0.0
 
     def run(self, client) -> None:
         """Until every pending job has a row (here or elsewhere), or the store stays unusable too long."""
@@ -65,6 +67,7 @@ class Drive:
         futures = as_completed()
         try:
             while self.waiting or self.held or self.in_flight:
+                self._size_window(client)
                 self._claim_and_submit(client, futures)
                 ready = futures.next_batch(block=False) if futures.has_ready() else []
                 for future in ready:
@@ -82,6 +85,15 @@ class Drive:
             self.in_flight.clear()
 
     # ------------------------------------------------------------------ claims
+    def _size_window(self, client) -> None:
+        """Twice the cluster's worker threads (a remote cluster grows and shrinks): every worker stays busy."""
+        now = time.monotonic()
+        if now < self.next_size:
+            return
+        self.next_size = now + _RESIZE
+        with contextlib.suppress(Exception):  # a cluster that does not answer keeps the last size
+            self.window = max(2, 2 * sum(client.nthreads().values()))
+
     def _claim_and_submit(self, client, futures) -> None:
         free = self.window - len(self.in_flight)
         if free <= 0 or not (self.waiting or self.held) or time.monotonic() < self.next_retry:
