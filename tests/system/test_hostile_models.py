@@ -344,6 +344,22 @@ def test_a_chain_of_side_matmuls_is_refused_before_onnxruntime_runs_it(tmp_path,
         assert "node 'side0' (MatMul)" in message and "not supported" in message
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_a_dropout_in_training_mode_is_refused(tmp_path, training):
+    """An input of a chain node the reader used to ignore: onnxruntime would drop values at random."""
+    model = _model()
+    node = next(n for n in model.graph.node if n.op_type == "Identity")
+    node.op_type = "Dropout"
+    node.input.extend(["ratio", "training"])
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+                                    numpy_helper.from_array(np.array(training), "training")])
+    path = _save(tmp_path, model)
+    if training:
+        assert "training mode" in _message(lambda: load_onnx(path))
+    else:
+        assert check_onnx(load_onnx(path), np.random.default_rng(6).random((50, N_IN))).ok
+
+
 def test_a_side_node_without_inputs_is_refused(tmp_path):
     """No input, not a constant (RandomNormal): neither on the chain nor foldable."""
     side = _with_side(_model(), [helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=[3])], [],
