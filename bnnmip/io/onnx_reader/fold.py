@@ -48,6 +48,7 @@ _UNARY = {
 _BINARY = {
     Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.GREATER_OR_EQUAL: np.greater_equal,
     Op.GREATER: np.greater, Op.LESS: np.less, Op.LESS_OR_EQUAL: np.less_equal, Op.EQUAL: np.equal,
+    Op.POW: np.power,  # Brevitas' TensorNorm writes sqrt(var) as Pow(var, 0.5)
 }
 #: Ops that broadcast their first n inputs: the result's size is checked before numpy allocates it.
 _BROADCASTING = {**{op: 2 for op in _BINARY}, Op.DIV: 2, Op.WHERE: 3}

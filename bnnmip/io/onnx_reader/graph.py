@@ -31,10 +31,13 @@ class Graph:
         The validated model.
     path
         Where it came from; every error message starts with it.
+    read_as
+        Output tensor → (node name, op type) to name in error messages, for nodes bnnmip wrote in
+        place of a custom op (see :mod:`.reference`).
     """
 
-    def __init__(self, model: onnx.ModelProto, path: str):
-        self.model, self.path = model, path
+    def __init__(self, model: onnx.ModelProto, path: str, read_as: dict[str, tuple[str, str]] | None = None):
+        self.model, self.path, self.read_as = model, path, dict(read_as or {})
         g = model.graph
         self.opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
         self._values = {t.name: tensor_to_array(t) for t in g.initializer}
@@ -71,6 +74,10 @@ class Graph:
 
     def where(self, node: onnx.NodeProto) -> str:
         """The prefix of an error message about ``node``: file, node name and op type."""
+        out = next((o for o in node.output if o), "")
+        if out in self.read_as:  # a node bnnmip wrote in place of a custom op: named as the file names it
+            name, op = self.read_as[out]
+            return f"{self.path}: node {name!r} ({op})"
         return f"{self.path}: {node_label(node)}"
 
     def const(self, name: str) -> np.ndarray | None:
