@@ -40,7 +40,18 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, StoreError
 from ..version import __version__
-from .rows import COLUMN_NAMES, COLUMN_NAMES_V1, COLUMNS, ResultRow, row_from_v1, row_from_values
+from .rows import (  # ResultRow and the CSV functions lived here before rows.py: still importable from here
+    COLUMN_NAMES,
+    COLUMN_NAMES_V1,
+    COLUMNS,
+    ResultRow,
+    read_csv,
+    row_from_v1,
+    row_from_values,
+    write_csv,
+)
+
+__all__ = ["SCHEMA_VERSION", "ResultRow", "ResultStore", "StoreUnavailable", "identify", "read_csv", "write_csv"]
 
 SCHEMA_VERSION = "2"
 APPLICATION_ID = 0x626E6D70  # "bnmp", in the SQLite header of every database bnnmip creates
