@@ -35,9 +35,9 @@ from bnnmip.bench import (
 )
 from bnnmip.cli import main as bench_main
 from bnnmip.io.onnx_writer import random_params, to_onnx
+from tests.helpers import BENCHMARKS, MODELS, slow
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "benchmarks" / "configs"
+CONFIGS = BENCHMARKS / "configs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 SMOKE_LIKE = """\
@@ -158,6 +158,7 @@ def test_config_file_errors(tmp_path):
         load_config(tmp_path / "bad.toml")
 
 
+@slow  # expands the quick config: loads all 16 shipped models
 def test_shipped_configs_parse_and_quick_fits_an_hour():
     configs = {name: load_config(CONFIGS / f"{name}.toml") for name in ("smoke", "quick", "paper", "flip_rate")}
     for name, config in configs.items():
@@ -226,6 +227,7 @@ def _snapshot(db: Path) -> dict[str, tuple]:
                 conn.execute("SELECT job_key, run_id, status, finished_at FROM results")}
 
 
+@slow  # three runs in subprocesses, two of them killed part-way
 def test_kill_interrupt_resume_equals_clean_run(tiny, clean):
     """SIGKILL part-way, then Ctrl-C part-way, then finish: every job once, statuses as a clean run's."""
     db = tiny / "killed.sqlite"
@@ -308,6 +310,7 @@ def test_csv_export_round_trip(clean, tmp_path, capsys):
     assert all(s.attacked == 6 and s.flipped + s.robust == 6 for s in lines)
 
 
+@slow  # a second export and plot of the results
 def test_config_option_keeps_only_that_configurations_jobs(clean, tiny, tmp_path):
     """A database shared by two configurations: --config picks one's rows (a subset: 1 model, 3 images)."""
     sub = tiny / "sub.toml"
@@ -379,11 +382,12 @@ def test_workers_and_scheduler_arguments_are_checked(tiny):
 
 
 # ------------------------------------------------------------------------------ the shipped smoke config
+@slow  # the smoke benchmark on the shipped models, on Dask
 def test_shipped_smoke_config_runs_to_the_end(tmp_path):
     """smoke.toml on the shipped models (skipped until the models and all four methods exist)."""
     from bnnmip.attacks import METHODS
 
-    needed = [REPO / "models" / "fmnist_2x100.onnx", REPO / "models" / "mnist_2x100.onnx"]
+    needed = [MODELS / "fmnist_2x100.onnx", MODELS / "mnist_2x100.onnx"]
     if not all(p.is_file() for p in needed):
         pytest.skip("the shipped models are not in models/ yet")
     missing = {"milp", "pgd", "iprop", "iprop+pgd"} - set(METHODS)

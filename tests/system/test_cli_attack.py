@@ -9,10 +9,10 @@ import time
 import highspy
 import numpy as np
 import pytest
-from milp_nets import MODELS
 
 from bnnmip.cli import main
 from bnnmip.io.onnx_writer import random_params, save_onnx
+from tests.helpers import MODELS
 
 MODEL = str(MODELS / "fmnist_2x100.onnx")
 

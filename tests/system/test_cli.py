@@ -1,19 +1,18 @@
-"""The ``bnnmip`` command line (``info`` and ``predict``), run as a user runs it: in a subprocess."""
+"""The ``bnnmip`` command line (``info`` and ``predict``), run as a user runs it: in a subprocess.
+
+``pytest -q`` starts three subprocesses; the others (each a second or two of imports) are slow."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import bnnmip
+from tests.helpers import MANIFEST, MODELS, ROOT, slow
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-MANIFEST = {e["file"]: e for e in json.loads((MODELS / "manifest.json").read_text())["models"]}
+BY_FILE = {e["file"]: e for e in MANIFEST}
 
 
 def bnnmip_cli(*args: str) -> subprocess.CompletedProcess:
@@ -38,11 +37,12 @@ def test_info_prints_the_summary():
     assert "layer 2    100 -> 100" in result.stdout and "params" in result.stdout
 
 
+@slow
 @pytest.mark.parametrize("model", ["fmnist_2x100.onnx", "mnist_3x100.onnx"])
 def test_predict_defaults_to_the_manifest_slice(model):
     result = bnnmip_cli("predict", f"models/{model}")
     assert result.returncode == 0, result.stderr
-    entry = MANIFEST[model]
+    entry = BY_FILE[model]
     accuracy = next(line for line in result.stdout.splitlines() if line.startswith("accuracy"))
     assert float(accuracy.split()[1]) == pytest.approx(entry["slice_accuracy"], abs=5e-5)
     assert entry["slice"].removesuffix(".npz") in result.stdout
@@ -60,14 +60,17 @@ def test_missing_model():
     _one_line_error(bnnmip_cli("predict", "models/no_such_model.onnx"))
 
 
+@slow
 def test_not_a_model():
     _one_line_error(bnnmip_cli("info", "models/fmnist_test100.npz"), "not an ONNX model")
 
 
+@slow
 def test_missing_data():
     _one_line_error(bnnmip_cli("predict", "models/fmnist_2x100.onnx", "--data", "nowhere.npz"), "nowhere.npz")
 
 
+@slow
 def test_console_script_is_installed():
     import shutil
 

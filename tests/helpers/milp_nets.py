@@ -1,4 +1,4 @@
-"""Tiny random BNNs whose truth brute force can enumerate: shared by the MILP test files.
+"""Tiny random BNNs whose truth brute force can enumerate: shared by the MILP, backend and system tests.
 
 Each :class:`TinyCase` is a network written to ONNX by :func:`bnnmip.io.onnx_writer.to_onnx` (so
 the original-graph check in onnxruntime runs), loaded back on a grid of ``levels`` steps, with
@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bnnmip import MilpModel, attack, attack_milp, load_onnx, minimal_eps
-from bnnmip.io.onnx_writer import random_params, save_onnx
+from bnnmip import MilpModel, attack, attack_milp, minimal_eps
+from bnnmip.io.onnx_writer import random_params
 from bnnmip.io.runtime import onnx_logits
 from bnnmip.network import BNN
-
-MODELS = Path(__file__).resolve().parents[1] / "models"
+from tests.helpers import saved_net
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,9 +81,7 @@ def tiny_case(seed: int, folder: Path) -> TinyCase:
     ib, real = bool(kind < 0.35), bool(kind > 0.85)
     params = random_params(rng, n, widths, int(rng.integers(2, 5)), input_binarization=ib, real_first_layer=real,
                            zero_gamma=0.1, negative_gamma=0.3)
-    path = folder / f"tiny_{seed}.onnx"
-    save_onnx(params, path)
-    net = load_onnx(path, levels=levels)
+    net = saved_net(params, folder / f"tiny_{seed}.onnx", levels=levels)
     grid = np.indices((levels + 1,) * n).reshape(n, -1).T.astype(np.float64)
     logits = net.logits(grid / levels)
     # The truth must not depend on float32 rounding: onnxruntime agrees at every grid point.
@@ -124,9 +121,7 @@ def continuous_case(seed: int, folder: Path, *, real_first_layer: bool = False) 
     ib = bool(rng.random() < 0.3) and not real_first_layer  # real weights after binarized inputs: not a BNN
     params = random_params(rng, n, widths, int(rng.integers(2, 4)), input_binarization=ib,
                            real_first_layer=real_first_layer, zero_gamma=0.1)
-    path = folder / f"cont_{seed}.onnx"
-    save_onnx(params, path)
-    return load_onnx(path), rng.random(n)
+    return saved_net(params, folder / f"cont_{seed}.onnx"), rng.random(n)
 
 
 def small_model(sense: str = "max", offset: float = 5.0) -> MilpModel:
