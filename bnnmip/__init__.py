@@ -31,6 +31,7 @@ from .milp.model import MilpModel
 from .milp.solution import MilpSolution
 from .network import BNN, InputBinarization, Layer
 from .status import SearchStatus, SolveStatus, Verdict
+from .verify import verify
 from .version import __version__
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "check_onnx",
     "datasets",
     "interval_bounds",
+    "verify",
     "load_onnx",
     "minimal_eps",
     "onnx_logits",

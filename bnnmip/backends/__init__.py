@@ -12,12 +12,13 @@ from __future__ import annotations
 from ..errors import SolverError
 from ..milp.backend import Capabilities, SolveOptions, backend_names, get_backend, register_backend
 from .base import Backend
+from .cpsat import CpSatBackend
 from .cvxpy_backend import CvxpyBackend
 from .highs import HighsBackend
 from .scip import ScipBackend
 from .session import RebuildSession, open_session
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (HighsBackend(), ScipBackend(), CvxpyBackend())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (HighsBackend(), ScipBackend(), CvxpyBackend(), CpSatBackend())}
 for _backend in BACKENDS.values():
     register_backend(_backend)
 

@@ -61,9 +61,9 @@ class Backend(ABC):
         for refused, option, why in refusals:
             if refused:
                 raise InvalidArgumentError(f"{option}: backend {name!r} {why} (capabilities: {caps.names()})")
-        if caps.integer_only and not model.is_integral():
-            raise InvalidArgumentError(f"backend={name!r} needs integer coefficients and bounds; this model has "
-                                       "real ones (a real-valued first layer, or a continuous input box)")
+        if caps.integer_only and not model.integral_constraints():
+            raise InvalidArgumentError(f"backend={name!r} needs integer columns, coefficients and bounds; this model "
+                                       "has real ones (real first-layer weights, or inputs off the grid: give levels)")
         if options.start is not None and np.shape(options.start) != (model.num_cols,):
             raise InvalidArgumentError(f"start: expected {model.num_cols} values, got shape {np.shape(options.start)}")
 

@@ -15,6 +15,7 @@ from ..io.manifest import default_slice
 from ..io.onnx_reader import load_onnx
 from ..io.runtime import check_onnx
 from ..milp.formulation import attack_milp
+from ..verify import verify
 
 
 def _load(args) -> object:
@@ -109,10 +110,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    net, data, x, true_label = _one_image(args)
+    result = verify(net, x, args.eps, time_limit=args.time_limit, levels=args.levels, method=args.method,
+                    backend=args.backend)
+    _header(args, data, true_label)
+    print(result.summary())
+    if result.details.get("proof"):
+        print(f"{'proof':<10} {result.details['proof']}")
+    phases = ", ".join(f"{name} {seconds:.2f} s ({verdict})" for name, seconds, verdict in result.details["phases"])
+    print(f"{'phases':<10} {phases}")
+    return 0
+
+
 def cmd_minimal_eps(args) -> int:
     net, data, x, true_label = _one_image(args)
     result = minimal_eps(net, x, levels=args.levels, time_limit=args.time_limit, backend=args.backend,
-                         bounds=args.bounds)
+                         bounds=args.bounds, method=args.method)
     _header(args, data, true_label)
     print(result.summary())
     return 0

@@ -13,9 +13,10 @@ from ..attacks import METHODS
 from ..box import DEFAULT_LEVELS
 from ..milp.backend import backend_names
 from ..milp.formulation import BOUNDS
+from ..verify import ROUTES
 from ..version import __version__
 from .bench_commands import cmd_bench, cmd_plot, cmd_results
-from .commands import cmd_attack, cmd_export, cmd_info, cmd_minimal_eps, cmd_predict
+from .commands import cmd_attack, cmd_export, cmd_info, cmd_minimal_eps, cmd_predict, cmd_verify
 
 DESCRIPTION = "Attack and verify binarized neural networks with integer programming."
 _CONFIG_HELP = ("only the jobs of this configuration (TOML), for a database that holds several: "
@@ -56,6 +57,11 @@ def _add_problem_args(p: argparse.ArgumentParser, *, eps: bool = True, grid_choi
                           help="perturb continuously instead of on the grid")
 
 
+def _add_route_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=ROUTES, default="auto",
+                   help="exact engine route (default auto: enumeration, branch-and-bound, CP-SAT or MILP per instance)")
+
+
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=backend_names(), default="highs", help="MILP solver (default highs)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds (default 60)")
@@ -86,8 +92,16 @@ def _add_model_commands(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="FILE.mps or FILE.lp")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("verify", help="decide exactly: a proof that no input in the box changes the prediction, "
+                                      "or an adversarial input")
+    _add_problem_args(p)
+    _add_route_arg(p)
+    _add_solver_args(p)
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("minimal-eps", help="smallest L-infinity radius on the grid that changes the prediction")
     _add_problem_args(p, eps=False, grid_choice=False)
+    _add_route_arg(p)
     _add_solver_args(p)
     p.set_defaults(func=cmd_minimal_eps)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .model import ColumnMap, MilpModel
+from .model import ColumnMap, MilpModel, RowIndicators
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +41,7 @@ class ModelBuilder:
         self.col_stage, self.col_index = [], []
         self.counts, self.indices, self.values = [], [], []  # per row block: nonzeros per row, CSR arrays
         self.row_lower, self.row_upper, self.row_names = [], [], []
+        self.ind_col, self.ind_value = [], []  # per row block: the enforcing binary (-1: none) and its value
         self.n_cols = self.n_rows = 0
 
     def add_columns(self, lower, upper, integer: bool, stage: int, index: np.ndarray) -> np.ndarray:
@@ -85,7 +86,22 @@ class ModelBuilder:
         self.row_lower += [np.asarray(L, np.float64), -inf]
         self.row_upper += [inf, np.asarray(theta - delta, np.float64)]
         self.row_names += [f"on_{name}_{j}" for j in units] + [f"off_{name}_{j}" for j in units]
+        self._indicate(unit_cols, 1)  # on_j holds when b_j = 1
+        self._indicate(unit_cols, 0)  # off_j holds when b_j = 0
         self.n_rows += 2 * m
+
+    def add_indicator_rows(self, rows, cols, values, lower, upper, name: str, enforce_col: np.ndarray,
+                           enforce_value: int) -> np.ndarray:
+        """:meth:`add_block` rows that are big-M forms of "row i holds when column ``enforce_col[i]`` equals
+        ``enforce_value``" (see :class:`~bnnmip.milp.model.RowIndicators`)."""
+        out = self.add_block(rows, cols, values, lower, upper, name)
+        self.ind_col[-1] = np.asarray(enforce_col, np.int64)
+        self.ind_value[-1] = np.full(len(out), enforce_value, np.int8)
+        return out
+
+    def _indicate(self, cols, value: int) -> None:
+        self.ind_col.append(np.asarray(cols, np.int64))
+        self.ind_value.append(np.full(len(cols), value, np.int8))
 
     def _append(self, counts, indices, values) -> None:
         self.counts.append(np.asarray(counts, np.int64))
@@ -106,6 +122,7 @@ class ModelBuilder:
         self.row_lower.append(np.asarray(lower, np.float64))
         self.row_upper.append(np.asarray(upper, np.float64))
         self.row_names += [f"{name}_{i}" for i in range(n)]
+        self._indicate(np.full(n, -1), 0)
         self.n_rows += n
         return np.arange(self.n_rows - n, self.n_rows)
 
@@ -115,6 +132,7 @@ class ModelBuilder:
         self.row_lower.append(np.array([lower], np.float64))
         self.row_upper.append(np.array([upper], np.float64))
         self.row_names.append(name)
+        self._indicate(np.full(1, -1), 0)
         self.n_rows += 1
         return self.n_rows - 1
 
@@ -134,7 +152,8 @@ class ModelBuilder:
             row_lower=cat(self.row_lower), row_upper=cat(self.row_upper), objective=objective,
             objective_offset=float(offset), sense=sense,
             columns=ColumnMap(cat(self.col_stage, np.int32), cat(self.col_index, np.int32), stage_names),
-            row_names=self.row_names, name=name, **extra,
+            row_names=self.row_names, name=name,
+            indicators=RowIndicators(cat(self.ind_col, np.int64), cat(self.ind_value, np.int8)), **extra,
         )
 
 

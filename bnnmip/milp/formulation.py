@@ -36,7 +36,7 @@ from .rows import add_stages
 BOUNDS = ("interval", "lp")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AttackModel(MilpModel):
     """An attack MILP together with its :class:`AttackEncoding` (``encoding``), which maps column
     values back to inputs; ``info['encoding']`` is the same object (kept for one release)."""

@@ -43,6 +43,24 @@ class ColumnMap:
 
 
 @dataclass(frozen=True, eq=False)
+class RowIndicators:
+    """The logic behind big-M rows: row ``r`` is meant to hold only when column ``col[r]`` (a binary)
+    equals ``value[r]``; ``col[r] == -1`` marks an ordinary row.
+
+    The rows themselves are complete linear (big-M) constraints that every MILP solver reads; a
+    backend with indicator constraints (CP-SAT's ``OnlyEnforceIf``) may instead drop the binary's
+    big-M coefficient and enforce the rest of the row only when the binary takes ``value[r]``:
+    both say the same on every 0/1 value of the binary.
+    """
+
+    col: np.ndarray  # int64 per row
+    value: np.ndarray  # int8 per row, 0 or 1
+
+    def enforced_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.col >= 0)
+
+
+@dataclass(frozen=True, eq=False)
 class MilpModel:
     """A MILP as arrays: columns, one CSR constraint matrix with row bounds, a linear objective.
 
@@ -64,11 +82,14 @@ class MilpModel:
     row_names: list[str] | None = None
     name: str = "bnnmip"
     info: dict = field(default_factory=dict, compare=False)
+    indicators: RowIndicators | None = None
 
     def __post_init__(self):
         n, m = len(self.col_lower), len(self.row_lower)
         if self.A.shape != (m, n) or len(self.col_upper) != n or len(self.objective) != n:
             raise InvalidArgumentError(f"MilpModel: inconsistent sizes (A {self.A.shape}, {m} rows, {n} columns)")
+        if self.indicators is not None and (len(self.indicators.col) != m or len(self.indicators.value) != m):
+            raise InvalidArgumentError(f"MilpModel: indicators for {len(self.indicators.col)} rows, the model has {m}")
         if self.sense not in ("max", "min"):
             raise InvalidArgumentError(f"sense={self.sense!r}: expected 'max' or 'min'")
 
@@ -126,11 +147,11 @@ class MilpModel:
         """The LP relaxation: the same model with every column continuous."""
         return replace(self, integrality=np.zeros(self.num_cols, bool), info={})
 
-    def is_integral(self) -> bool:
-        """Whether every coefficient, bound and objective entry is an integer (what CP-SAT needs)."""
-        parts = (self.A.data, self.objective, [self.objective_offset], self.col_lower, self.col_upper,
-                 self.row_lower, self.row_upper)
-        return all(_integers(np.asarray(p, np.float64)) for p in parts)
+    def integral_constraints(self) -> bool:
+        """Whether every column is integer and every coefficient and finite bound an integer (what CP-SAT
+        needs; the objective may be real)."""
+        parts = (self.A.data, self.col_lower, self.col_upper, self.row_lower, self.row_upper)
+        return bool(self.integrality.all()) and all(_integers(np.asarray(p, np.float64)) for p in parts)
 
     # ------------------------------------------------------------------ solving (delegates)
     def solve(

@@ -35,6 +35,11 @@ def _caps(backend: str) -> Capabilities:
     return get_backend(backend).capabilities
 
 
+def _model(backend: str):
+    """The small model as ``backend`` takes it (integer throughout for an ``integer_only`` one)."""
+    return small_model(integer=_caps(backend).integer_only)
+
+
 def test_the_registry_holds_backends_with_capabilities():
     assert backend_names(), "no backend registered"
     for name in backend_names():
@@ -49,7 +54,7 @@ def test_the_registry_holds_backends_with_capabilities():
 @pytest.mark.parametrize("flag, keyword, value", GATED, ids=[g[0] for g in GATED])
 def test_an_option_is_honoured_or_refused(backend, flag, keyword, value):
     """Through ``MilpModel.solve``: optimal with the option where the flag is set, else a BnnmipError."""
-    model = small_model()
+    model = _model(backend)
     if getattr(_caps(backend), flag):
         if keyword == "solver":  # a solver this backend offers
             value = next(solver for name, solver in backend_routes("solver_choice") if name == backend)
@@ -83,7 +88,7 @@ def test_the_milp_attack_passes_options_on_or_refuses_them(tiny, backend, flag, 
 
 @pytest.mark.parametrize("backend", backend_params("incumbent_callback"))
 def test_the_incumbent_callback_sees_feasible_solutions(backend):
-    model, seen = small_model(), []
+    model, seen = _model(backend), []
     solution = model.solve(backend, on_incumbent=lambda values, objective: seen.append((values.copy(), objective)))
     assert solution.status == "optimal" and seen
     for values, objective in seen:
@@ -109,7 +114,7 @@ def test_a_warm_start_is_used(hard_instance, backend):
 def test_sessions_in_place_or_rebuilt(backend):
     """``in_place_session``: ``open_session`` gives the backend's own session; without it, a clear error
     (and ``reuse=False`` works for every backend)."""
-    model = small_model()
+    model = _model(backend)
     rebuilt = open_session(model, backend, reuse=False)
     assert isinstance(rebuilt, RebuildSession) and rebuilt.solve().objective == pytest.approx(OPTIMUM, abs=1e-9)
     if _caps(backend).in_place_session:
@@ -122,12 +127,16 @@ def test_sessions_in_place_or_rebuilt(backend):
             open_session(model, backend)
 
 
-@pytest.mark.parametrize("backend", backend_params("lp"))
-def test_lp_backends_solve_the_relaxation(backend):
+@pytest.mark.parametrize("backend", backend_params())
+def test_an_lp_is_solved_or_refused(backend):
     relaxed = small_model().relaxed()
     assert not relaxed.integrality.any()
-    solution = relaxed.solve(backend)
-    assert solution.status == "optimal" and solution.objective >= OPTIMUM - 1e-9
+    if _caps(backend).lp:
+        solution = relaxed.solve(backend)
+        assert solution.status == "optimal" and solution.objective >= OPTIMUM - 1e-9
+    else:
+        with pytest.raises(BnnmipError, match=f"model: backend {backend!r} does not solve LPs"):
+            relaxed.solve(backend)
 
 
 # ---------------------------------------------------------------------- a backend registered by the test
@@ -203,8 +212,9 @@ def test_the_template_checks_the_capabilities(register):
     register(ScipyBackend(capabilities=Capabilities(lp=False, integer_only=True)))
     with pytest.raises(InvalidArgumentError, match="does not solve LPs"):
         small_model().relaxed().solve(ScipyBackend.name)
-    with pytest.raises(InvalidArgumentError, match="needs integer coefficients"):
-        small_model().solve(ScipyBackend.name)  # the row bound 4.5 is not an integer
+    with pytest.raises(InvalidArgumentError, match="needs integer columns, coefficients and bounds"):
+        small_model().solve(ScipyBackend.name)  # z is continuous, the row bound 4.5 not an integer
+    assert small_model(integer=True).solve(ScipyBackend.name).objective == pytest.approx(OPTIMUM, abs=1e-9)
     with pytest.raises(InvalidArgumentError, match="time_limit"):
         small_model().solve(ScipyBackend.name, time_limit=0)
 

@@ -30,7 +30,7 @@ def test_evaluate_and_violation():
 @pytest.mark.parametrize("sense, offset, optimum", [("max", 5.0, 15.0), ("min", -7.25, -0.25)])
 @pytest.mark.parametrize("backend, solver", backend_params(solvers=True))
 def test_every_backend_solves_the_small_model(backend, solver, sense, offset, optimum):
-    m = small_model(sense, offset)
+    m = small_model(sense, offset, integer=get_backend(backend).capabilities.integer_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         solution = m.solve(backend, solver=solver)
@@ -142,8 +142,9 @@ def session_model(tmp_path_factory):
     raise AssertionError("no suitable tiny network among the first 50 seeds")
 
 
-def _changes(model: MilpModel, rng: np.random.Generator, round_: int) -> list[tuple]:
-    """A list of (method, args) updates, each valid for every session kind."""
+def _changes(model: MilpModel, rng: np.random.Generator, round_: int, integral: bool) -> list[tuple]:
+    """A list of (method, args) updates, each valid for every session kind (``integral``: integer
+    coefficients stay integers, for an ``integer_only`` backend)."""
     n, m = model.num_cols, model.num_rows
     cols = rng.choice(n, size=max(1, n // 3), replace=False)
     binary = np.flatnonzero(model.integrality & (model.col_lower == 0) & (model.col_upper == 1))
@@ -156,7 +157,7 @@ def _changes(model: MilpModel, rng: np.random.Generator, round_: int) -> list[tu
         changes.append(("set_col_bounds", (fix, np.zeros(len(fix)), np.zeros(len(fix)))))
     if round_ == 2:
         changes.append(("set_row_bounds", (rows, model.row_lower[rows] - 1.0, model.row_upper[rows] + 1.0)))
-        changes.append(("set_entries", (rr[pick], cc[pick], model.A[rr[pick], cc[pick]].A1 * 1.5)))
+        changes.append(("set_entries", (rr[pick], cc[pick], model.A[rr[pick], cc[pick]].A1 * (2 if integral else 1.5))))
     if round_ == 3:
         changes.append(("set_col_bounds", (fix, np.zeros(len(fix)), np.ones(len(fix)))))  # free them again
     return changes
@@ -178,7 +179,7 @@ def test_sessions_match_a_fresh_build(session_model, backend):
     rebuild = open_session(session_model, backend, reuse=False)
     reference = session_model
     for round_ in range(4):
-        changes = _changes(session_model, rng, round_) if round_ else []
+        changes = _changes(session_model, rng, round_, get_backend(backend).capabilities.integer_only) if round_ else []
         for session in (in_place, rebuild):
             for method, args in changes:
                 getattr(session, method)(*args)

@@ -24,7 +24,7 @@ LAYERS = [
     ("bounds", ("bounds", "box")),
     ("milp", ("milp",)),
     ("backends", ("backends",)),
-    ("attacks", ("attacks",)),
+    ("attacks", ("attacks", "verify")),
     ("bench", ("bench",)),
     ("cli", ("cli", "__init__", "__main__")),
 ]

@@ -13,16 +13,21 @@ verdict is checked against dense sampling and every adversarial input against on
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import numpy as np
 import pytest
 
 from bnnmip import attack
-from bnnmip.io.runtime import onnx_logits
 from tests.helpers import sample, slow
-from tests.helpers.milp_nets import cached_case, check_attacks, check_minimal_eps, check_optimum, continuous_case
+from tests.helpers.milp_nets import (
+    cached_case,
+    check_attacks,
+    check_continuous_verdict,
+    check_minimal_eps,
+    check_optimum,
+    continuous_case,
+)
 
 N_NETS = 200
 CVXPY_NETS = range(0, N_NETS, 16)  # 13 networks
@@ -80,16 +85,7 @@ def test_continuous_verdicts_hold_under_dense_sampling(seed, backend, folder):
     statuses = []
     for eps in (0.05, 0.15, 0.4):
         result = attack(net, x, eps, method="milp", backend=backend, time_limit=30)
-        lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
         where = f"seed {seed}, {net!r}, eps {eps}, {backend}"
-        if result.status == "adversarial":
-            assert result.verified and result.adv_label != label, where
-            assert np.all(result.x_adv >= lo - 1e-12) and np.all(result.x_adv <= hi + 1e-12), where
-        elif result.status == "robust":
-            vertices = np.array(list(itertools.product(*zip(lo, hi))))
-            samples = np.vstack([rng.uniform(lo, hi, size=(20_000, len(x))), vertices])
-            flips = net.predict(samples) != label
-            assert not flips.any(), f"{where}: 'robust' but {int(flips.sum())} sampled inputs flip"
-            assert not np.any(np.argmax(onnx_logits(net, samples[:2000]), axis=1) != label), where
+        check_continuous_verdict(net, x, eps, label, result, rng, where, onnx_rows=2000)
         statuses.append(result.status)
     assert "unknown" not in statuses, f"seed {seed}: tiny continuous MILPs must be decided: {statuses}"
