@@ -53,6 +53,7 @@ def verify(net: BNN, x, eps, *, time_limit: float | None = 60.0, levels: int | N
     grid (default: the network's).  With ``target``, only that class counts.
     """
     check_choice(method, ROUTES, "method")
+    get_backend(backend)  # an unknown backend is an error on every route, not only when the MILP runs
     deadline = Deadline.start(time_limit)
     inst = Instance.make(net, x, eps, levels=levels, target=target, deadline=deadline)
     run = _Run(inst, backend, threads, seed)
