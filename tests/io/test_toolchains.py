@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnnmip
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, slow
 
 TOOLCHAINS = FIXTURES / "toolchains"
 MANIFEST = json.loads((TOOLCHAINS / "manifest.json").read_text())
@@ -71,6 +71,7 @@ def test_multi_bit_multithreshold_is_refused_by_name():
 
 
 # ---------------------------------------------------------------------- attacks on loaded models
+@slow  # five attacks and two exact verifications per model
 @pytest.mark.parametrize("name,index,eps_robust,eps_flip", [
     ("larq_docs_softmax", 0, 0.001, 0.003),
     ("brevitas_const01_qonnx", 2, 0.001, 0.003),
