@@ -1,5 +1,6 @@
 """What the test folders share: the repository's paths, the shipped models and slices, random BNNs
-written to ONNX, and the benchmark scripts loaded as modules.
+written to ONNX, the benchmark scripts loaded as modules, the ``slow`` marker and samples of long
+parametrizations, and the backend registry as pytest parameters.
 
 Every shared piece of the suite is a plain function or constant here (or in
 :mod:`tests.helpers.milp_nets`, the tiny networks whose truth brute force knows), imported as
@@ -27,7 +28,7 @@ from bnnmip.network import BNN
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 BENCHMARKS = ROOT / "benchmarks"
-FIXTURES = ROOT / "tests" / "fixtures"  # committed ONNX files, made by fixtures/make_fixtures.py
+FIXTURES = ROOT / "tests" / "fixtures"  # committed ONNX files, with the scripts that make them
 MANIFEST: list[dict] = json.loads((MODELS / "manifest.json").read_text())["models"]
 """The entries of ``models/manifest.json`` (one per shipped model)."""
 
@@ -101,7 +102,8 @@ def _routes(needs: str | None) -> list[tuple[str, str | None]]:
 def backend_routes(needs: str | None = None) -> list[tuple[str, str | None]]:
     """(backend, solver) for every registered backend whose package is installed, one per solver of
     :data:`SOLVER_CHOICES` for a backend with a choice of solver; only those with capability
-    ``needs`` if given.  A backend is tested by being registered: nothing here names one."""
+    ``needs`` if given.  A backend is tested by being registered: nothing here names one (only the
+    solvers to run behind a choice of solver)."""
     return [(name, solver) for name, solver in _routes(needs) if get_backend(name).available()]
 
 
