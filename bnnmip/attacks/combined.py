@@ -12,6 +12,7 @@ from dataclasses import replace
 from ..box import check_input
 from ..errors import InvalidArgumentError
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import Verdict
 from ..timing import Deadline
 from .iprop import iprop_attack
@@ -24,7 +25,8 @@ from .result import AttackResult
 PGD_SHARE = 0.2
 
 
-def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str) -> AttackResult:
+def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str,
+           progress: Progress) -> AttackResult:
     deadline = Deadline.start(time_limit)
     if not deadline.limited:
         raise InvalidArgumentError(f"time_limit=None: method {method!r} shares a time budget between its stages; "
@@ -38,7 +40,7 @@ def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, 
         if share is not None:
             budget = min(budget, share * (deadline.end - deadline.t0))
         offset = deadline.elapsed()
-        kwargs = dict(options, **({"start": start} if start is not None else {}))
+        kwargs = dict(options, progress=progress, **({"start": start} if start is not None else {}))
         result = attack_fn(net, xf, eps, target=target, time_limit=budget, backend=backend, **kwargs)
         trace += [(offset + t, f) for t, f in result.trace if not trace or f > trace[-1][1]]
         details[result.method] = result.details
@@ -50,17 +52,20 @@ def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, 
                    x_best=start)
 
 
+@reports_progress
 def iprop_pgd_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0,
                      backend: str = "highs", levels: int | None = None, pgd_share: float = PGD_SHARE, seed: int = 0,
-                     **iprop_options) -> AttackResult:
+                     progress: Progress = NO_PROGRESS, **iprop_options) -> AttackResult:
     """PGD for ``pgd_share`` of the budget, then IProp from PGD's best input (the paper's warm start)."""
     common = {"levels": levels, "seed": seed}
     stages = [(pgd_share, pgd_attack, common), (None, iprop_attack, {**common, **iprop_options})]
-    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend)
+    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend,
+                  progress=progress)
 
 
+@reports_progress
 def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0, backend: str = "highs",
-                levels: int | None = None, seed: int = 0) -> AttackResult:
+                levels: int | None = None, seed: int = 0, progress: Progress = NO_PROGRESS) -> AttackResult:
     """The recommended default: PGD, then IProp from its best input, then the exact MILP
     warm-started with IProp's best input for the rest of the budget (which may also prove
     the input robust)."""
@@ -70,4 +75,5 @@ def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: floa
         (0.6, iprop_attack, {**common, "seed": seed}),
         (None, milp_attack, common),
     ]
-    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend)
+    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend,
+                  progress=progress)

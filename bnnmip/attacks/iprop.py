@@ -38,6 +38,7 @@ from ..bounds import interval_bounds_from_box
 from ..box import check_input, input_box
 from ..milp.encoding import pixels_with_bits
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..timing import Deadline
 from .iprop_layers import LayerData, layer_data, layer_solver
 from .result import AttackResult
@@ -270,6 +271,7 @@ class _IProp:
         return x
 
 
+@reports_progress
 def iprop_attack(
     net: BNN,
     x,
@@ -286,17 +288,20 @@ def iprop_attack(
     sub_time_limit: float = 0.3,
     mip_gap: float = 0.05,
     max_iterations: int | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).
 
     ``start`` is an input in the box to start from (PGD's best for ``iprop+pgd``; default the
     clean input).  ``reuse=False`` rebuilds every layer-local MILP at every solve (to measure what
-    in-place updates save).  IProp never claims 'robust'.
+    in-place updates save).  IProp never claims 'robust'.  ``progress`` (True, a callable or a
+    :class:`~bnnmip.progress.Progress`) hears the best objective as it improves; quiet by default.
     """
     deadline = Deadline.start(time_limit)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
-    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0)
+    progress.update(stage="IProp")
+    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
     x0 = xf if start is None else check_input(net, start)
     if start is not None:
         tracker.offer(box.snap(x0))

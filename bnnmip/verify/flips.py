@@ -1,20 +1,21 @@
-r"""Branch-and-bound over the first layer's flips, pruned by pairwise conflicts (real-input networks).
+r"""Branch-and-bound over the first free layer's flips, pruned by pairwise conflicts.
 
-Every first-layer pattern an input of the box reaches is the clean pattern with some set :math:`T` of
-free units *flipped*.  Unit :math:`j` flips only if :math:`\sigma_j w_j \cdot d \ge n_j` for the pixel
-change :math:`d` (in grid steps, or values on continuous inputs), :math:`\sigma_j` the direction of the
-flip.  Two units can flip together only if one :math:`d` in the box does both; with ±1 weights this
-is decided exactly in closed form (pixels where the oriented rows agree push both to their
-extremes; where they disagree, every unit of one is a unit lost by the other).  So every reachable
-flip set is a *clique* of the compatibility graph, and at small radii those are few (thousands
-where :math:`2^{|F|}` is a billion).
+The first free layer is layer 1, over the pixels (real-input networks) or over the free input bits
+(input binarization).  Every pattern of it an input of the box reaches is the clean pattern with
+some set :math:`T` of free units *flipped*.  Unit :math:`j` flips only if :math:`\sigma_j w_j \cdot d \ge n_j`
+for the input change :math:`d` (pixels in grid steps or values; bits 0/1 for "this bit flips"),
+:math:`\sigma_j` the direction of the flip.  Two units can flip together only if one :math:`d` in the
+box does both; with ±1 weights this is decided exactly in closed form (inputs where the oriented rows
+agree push both to their extremes; where they disagree, every unit of one is a unit lost by the other).
+So every reachable flip set is a *clique* of the compatibility graph, and at small radii those are
+few (thousands where :math:`2^{|F|}` is a billion).
 
 The search enumerates cliques depth first.  A node (flip set :math:`S`, candidates :math:`C`: the units
 compatible with all of :math:`S`) bounds the second stage's pre-activations by the clean value plus
 the flips of :math:`S` plus every possible subset of :math:`C`, propagates interval bounds to the
 output, and is closed when no target's margin can reach zero.  Each flip set is evaluated exactly
 (the pattern :math:`S` itself); one that changes the prediction is checked for reachability with a
-small integer program over the pixels (:func:`~bnnmip.verify.enumerate.reach_pattern`).  A finished
+small integer program over the inputs (:mod:`.first_layer`).  A finished
 search proves robustness; a reachable bad pattern is an adversarial input.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..bounds import LayerBounds, fix_units, propagate_bounds
 from ..timing import Deadline
-from .enumerate import reach_pattern
+from .first_layer import first_free_layer
 from .problem import Instance, logits_after
 
 BATCH = 2048  # flip sets evaluated exactly per batch
@@ -36,14 +37,13 @@ class FlipSearch:
 
     def __init__(self, inst: Instance, backend: str = "highs"):
         self.inst, self.backend = inst, backend
-        net = inst.net
-        self.free = np.flatnonzero(inst.bounds[0].fixed == 0)
-        pre = net.layers[0].pre_activation(inst.box.snap(inst.x)[None, :])[0]
-        self.clean = np.where(pre >= net.layers[0].threshold, 1.0, -1.0)  # the base point's first-layer pattern
-        self.rows, self.need, self.lo, self.hi = flip_geometry(inst, self.free, pre)
-        self.compatible = compatibility(self.rows, self.need, self.lo, self.hi, net.layers[0].binary_weights)
-        nxt = net.threshold_stages[1] if len(net.threshold_stages) > 1 else None
-        # delta[k, i]: change of the second stage's pre-activation k when free unit i flips
+        self.layer = layer = first_free_layer(inst)
+        self.free, self.clean = layer.free, layer.clean
+        self.rows, self.need, self.lo, self.hi = layer.rows, layer.need, layer.lo, layer.hi
+        self.compatible = compatibility(self.rows, self.need, self.lo, self.hi, layer.binary)
+        stages = inst.net.threshold_stages
+        nxt = stages[layer.stage + 1] if len(stages) > layer.stage + 1 else None
+        # delta[k, i]: change of the next stage's pre-activation k when free unit i flips
         if nxt is not None:
             w = nxt.weight[:, self.free].astype(np.float64)
             self.delta = w * (-2.0 * self.clean[self.free])[None, :]
@@ -51,11 +51,12 @@ class FlipSearch:
             self.up_count = (self.delta > 0).astype(np.float64)  # flips that raise / lower each unit
             self.down_count = (self.delta < 0).astype(np.float64)
             self.stage2 = nxt
+            self.deeper = len(stages) > layer.stage + 2
         self.checks = 0
         self.pending: list[int] = []  # flip sets (bitsets over self.free) awaiting exact evaluation
 
     def _box_max(self, rows: np.ndarray) -> np.ndarray:
-        """``max over the box of rows · Δ`` for every row (each pixel at the end that helps)."""
+        """``max over the box of rows · Δ`` for every row (each input at the end that helps)."""
         return np.maximum(rows * self.lo, rows * self.hi).sum(axis=-1)
 
     # ------------------------------------------------------------------ the search
@@ -119,35 +120,11 @@ class FlipSearch:
         omega = _colour_bound(cand, self.nbr)
         lower = centre - 2.0 * np.minimum(down, omega)
         upper = centre + 2.0 * np.minimum(up, omega)
-        second = LayerBounds(lower, upper, fix_units(lower, upper, self.stage2.threshold))
-        if len(self.inst.net.threshold_stages) > 2:
-            return bool(self.inst.margin_upper(propagate_bounds(self.inst.net, 1, second)[-1]).max() >= 0)
-        if self.inst.margin_upper(second).max() < 0:
-            return False
-        return bool(self._benefit_bound(centre, members, omega).max() >= 0)
-
-    def _benefit_bound(self, centre: np.ndarray, members: np.ndarray, omega: int) -> np.ndarray:
-        r"""Upper bounds of every target's margin when the second stage is the last, by what flips can buy.
-
-        At the node, unit :math:`k` of the last stage sits at :math:`h_k`; flipping it gains
-        :math:`\gamma_{tk} = -2 g_{tk} h_k` for target :math:`t` and needs :math:`n_k` of the candidate
-        flips that push it the right way (each moves it by 2).  At most :math:`\omega` candidates flip, so
-        the margin gains at most the sum of the :math:`\omega` largest per-flip benefits
-        :math:`\sum_k \gamma^+_{tk}\,[j \text{ pushes } k] / n_k` (a unit bought with fewer flips than it
-        needs gains nothing, so dividing its gain among its :math:`n_k` flips over-counts, never under-).
-        """
-        threshold = self.stage2.threshold
-        h = np.where(centre >= threshold, 1.0, -1.0)
-        G, c = self.inst.margin_weights()
-        margin = G @ h + c
-        gain = np.maximum(-2.0 * G * h[None, :], 0.0)  # (targets, units)
-        need = np.ceil(np.where(h > 0, centre - threshold + 2, threshold - centre) / 2.0)
-        pushes = (self.delta * -h[:, None] > 0) * members[None, :]  # (units, free first-layer units)
-        reachable = need <= np.minimum(pushes.sum(axis=1), omega)  # units the candidates can flip at all
-        benefit = (gain * (reachable / need)[None, :]) @ pushes  # (targets, free first-layer units)
-        k = min(int(omega), benefit.shape[1])
-        best = -np.partition(-benefit, k - 1, axis=1)[:, :k].sum(axis=1) if k else np.zeros(len(margin))
-        return margin + best
+        fixed = fix_units(lower, upper, self.stage2.threshold)
+        if self.deeper:
+            last = propagate_bounds(self.inst.net, self.layer.stage + 1, LayerBounds(lower, upper, fixed))[-1].fixed
+            return bool(self.inst.margin_upper_of(last).max() >= 0)
+        return bool(self.inst.margin_upper_of(fixed).max() >= 0)
 
     def _evaluate(self) -> str:
         """Exact evaluation of the pending flip sets; reachability checks of those that flip."""
@@ -158,12 +135,12 @@ class FlipSearch:
         bits = np.stack([_bits(m, len(self.free)) for m in masks]).astype(bool)
         post[:, self.free] = np.where(bits, -self.clean[self.free], self.clean[self.free])
         self.inst.stats.patterns += len(masks)
-        bad = np.flatnonzero(self.inst.flips(logits_after(self.inst.net, 0, post)))
+        bad = np.flatnonzero(self.inst.flips(logits_after(self.inst.net, self.layer.stage, post)))
         for i in bad[np.argsort(bits[bad].sum(axis=1), kind="stable")]:  # fewest flips first
             if self.checks >= MAX_CHECKS or self.inst.deadline.expired():
                 return "unknown"
             self.checks += 1
-            outcome = reach_pattern(self.inst, self.free, post[i, self.free], self.backend)
+            outcome = self.layer.reach(self.inst, post[i, self.free], self.backend)
             if outcome in ("adversarial", "unknown"):
                 return outcome
         return "robust"
@@ -203,30 +180,6 @@ def _colour_bound(cand: int, nbr: list[int]) -> int:
     return colours
 
 
-def flip_geometry(inst: Instance, free: np.ndarray, pre: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, need, lo, hi): free unit ``j`` can flip only if ``rows[j] · Δ >= need[j]`` for the input
-    change ``Δ`` with ``lo <= Δ <= hi``.
-
-    With ±1 weights on the grid, Δ is in grid steps and the condition is exact (integer thresholds);
-    otherwise Δ is in input values and the condition is relaxed to a closed half-space (it keeps
-    every input that flips the unit, which is all a pruning condition needs).
-    """
-    layer, box = inst.net.layers[0], inst.box
-    sigma = np.where(pre[free] >= layer.threshold[free], -1.0, 1.0)  # the direction that flips each unit
-    weight = layer.weight[free].astype(np.float64)
-    base = box.snap(inst.x)
-    if box.on_grid and layer.binary_weights:
-        k0 = box.to_steps(base)
-        s0 = weight @ k0
-        tau = layer.threshold[free] / box.step - box.origin * weight.sum(axis=1) / box.step
-        tau = np.ceil(tau - 1e-9 * (1 + np.abs(tau)))
-        need = np.where(sigma > 0, tau - s0, s0 - tau + 1)
-        return sigma[:, None] * weight, need, box.k_lower - k0, box.k_upper - k0
-    need = sigma * (layer.threshold[free] - pre[free])
-    return sigma[:, None] * weight, need, box.lower - base, box.upper - base
-
-
 def compatibility(rows: np.ndarray, need: np.ndarray, lo: np.ndarray, hi: np.ndarray, binary: bool) -> np.ndarray:
     """Which pairs of free first-layer units one input change in the box can flip together (symmetric).
 
@@ -251,5 +204,5 @@ def compatibility(rows: np.ndarray, need: np.ndarray, lo: np.ndarray, hi: np.nda
 
 
 def branch_flips(inst: Instance, backend: str = "highs", deadline: Deadline | None = None) -> str:
-    """Decide a real-input network by branch-and-bound over its first layer's flips (module docstring)."""
+    """Decide by branch-and-bound over the first free layer's flips (see the module docstring)."""
     return FlipSearch(inst, backend).run(deadline or inst.deadline)

@@ -20,6 +20,7 @@ from ..attacks.tracker import Tracker
 from ..bounds import LayerBounds, interval_bounds_from_box
 from ..box import InputBox, check_input, input_box
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress
 from ..timing import Deadline
 
 
@@ -51,12 +52,14 @@ class Instance:
     deadline: Deadline
     levels: int | None
     stats: Stats = field(default_factory=Stats)
+    _margins: tuple | None = field(default=None, repr=False)
 
     @classmethod
-    def make(cls, net: BNN, x, eps, *, levels: int | None, target: int | None, deadline: Deadline) -> Instance:
+    def make(cls, net: BNN, x, eps, *, levels: int | None, target: int | None, deadline: Deadline,
+             progress: Progress = NO_PROGRESS) -> Instance:
         xf = check_input(net, x)
         box = input_box(net, xf, eps, levels)
-        tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0)
+        tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
         return cls(net, xf, float(eps), box, interval_bounds_from_box(net, box), tracker, deadline,
                    levels if levels is not None else net.levels)
 
@@ -75,15 +78,22 @@ class Instance:
     # ------------------------------------------------------------------ margins
     def margin_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """(G, c): ``m_t(h) = G[t] @ h_D + c[t]`` for each target (rows in :attr:`targets` order)."""
-        A, b = self.net.out_weight, self.net.out_bias
-        t = np.asarray(self.targets)
-        return A[t] - A[self.label], b[t] - b[self.label]
+        if self._margins is None:
+            A, b = self.net.out_weight, self.net.out_bias
+            t = np.asarray(self.targets)
+            G = A[t] - A[self.label]
+            self._margins = (G, b[t] - b[self.label], np.abs(G))
+        return self._margins[:2]
 
     def margin_upper(self, last: LayerBounds) -> np.ndarray:
         """Upper bounds of every target's margin when the last stage's units are as ``last`` says."""
+        return self.margin_upper_of(last.fixed)
+
+    def margin_upper_of(self, fixed: np.ndarray) -> np.ndarray:
+        """:meth:`margin_upper` from the last stage's fixed pattern alone (+1 / -1 / 0 free)."""
         G, c = self.margin_weights()
-        fixed = last.fixed.astype(np.float64)
-        return G @ fixed + np.abs(G[:, last.fixed == 0]).sum(axis=1) + c
+        f = fixed.astype(np.float64)
+        return G @ f + self._margins[2] @ (f == 0) + c
 
     def flips(self, logits: np.ndarray) -> np.ndarray:
         """Rows of exact logits whose prediction changes in the attack's sense (towards the targets)."""

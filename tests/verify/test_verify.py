@@ -45,7 +45,7 @@ def test_every_route_matches_brute_force(seed, route):
             assert np.abs(result.x_adv - c.x).max() <= r * c.step + 1e-9, where
         else:
             assert result.status == "robust", f"{where}: says {result.status}"
-            assert result.details["proof"], where
+            assert result.proof, where
 
 
 def test_the_tiny_nets_exercise_every_route():
@@ -85,7 +85,7 @@ def test_zoo_decisions_are_fast_and_proved(fmnist):
     """Shipped models: an input-binarization net by enumeration, a real-input 2x100 by branch-and-bound."""
     ib = shipped_net("fmnist_ib200-3x100", levels=255)
     result = bnnmip.verify(ib, fmnist[3], 3 / 255, time_limit=30)
-    assert result.status == "robust" and result.details["proof"].startswith("enumeration"), result.details
+    assert result.status == "robust" and result.proof.startswith("enumeration"), result.details
     net = shipped_net("fmnist_2x100", levels=255)
     result = bnnmip.verify(net, fmnist[1], 1 / 255, time_limit=30)
     assert result.status == "robust" and result.time < 20, result.details
