@@ -46,6 +46,7 @@ def test_the_registry_holds_backends_with_capabilities():
         backend = get_backend(name)
         assert isinstance(backend, Backend)  # the template owns the solve sequence and its time accounting
         assert backend.name == name and isinstance(backend.capabilities, Capabilities) and backend.package
+        assert backend.title  # how messages and proofs name the solver
     with pytest.raises(InvalidArgumentError, match="expected one of"):
         get_backend("no-such-backend")
 
@@ -144,6 +145,7 @@ class ScipyBackend(Backend):
     """``scipy.optimize.milp`` behind the template: all a backend writes is build, configure and run."""
 
     name = "scipy-test"
+    title = "SciPy (test)"
     package = "scipy"
     capabilities = Capabilities(lp=True)
 
