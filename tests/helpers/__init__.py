@@ -1,6 +1,7 @@
 """What the test folders share: the repository's paths, the shipped models and slices, random BNNs
 written to ONNX, the benchmark scripts loaded as modules, the ``slow`` marker and samples of long
-parametrizations, and the backend registry as pytest parameters.
+parametrizations, readers of what the command line printed, and the backend registry as pytest
+parameters.
 
 Every shared piece of the suite is a plain function or constant here (or in
 :mod:`tests.helpers.milp_nets`, the tiny networks whose truth brute force knows), imported as
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -86,6 +88,29 @@ def sample(values, fast) -> list:
     """``values`` as pytest parameters, all but those in ``fast`` marked :data:`slow`: the development run
     checks a sample, the full suite every value.  A tuple is the values of several arguments."""
     return [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=() if v in fast else slow) for v in values]
+
+
+# ---------------------------------------------------------------------- what the command line printed
+def printed_table(out: str) -> dict[str, str]:
+    """The ``key   value`` lines of a table the command line printed (a key may hold one space: 'max |dx|'
+    is read as 'max')."""
+    table = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        table[key] = value.strip()
+    return table
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed as bnnmip promises: exit status 2 and one line on stderr, no traceback,
+    holding every needle; that line."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 # ---------------------------------------------------------------------- the backend registry

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import bnnmip
-from tests.helpers import MANIFEST, MODELS, ROOT, slow
+from tests.helpers import MANIFEST, MODELS, ROOT, one_line_error, slow
 
 BY_FILE = {e["file"]: e for e in MANIFEST}
 
@@ -18,15 +18,6 @@ BY_FILE = {e["file"]: e for e in MANIFEST}
 def bnnmip_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bnnmip.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_info_prints_the_summary():
@@ -56,18 +47,18 @@ def test_predict_with_data_and_limit():
 
 
 def test_missing_model():
-    _one_line_error(bnnmip_cli("info", "models/no_such_model.onnx"), "no_such_model.onnx", "no such file")
-    _one_line_error(bnnmip_cli("predict", "models/no_such_model.onnx"))
+    one_line_error(bnnmip_cli("info", "models/no_such_model.onnx"), "no_such_model.onnx", "no such file")
+    one_line_error(bnnmip_cli("predict", "models/no_such_model.onnx"))
 
 
 @slow
 def test_not_a_model():
-    _one_line_error(bnnmip_cli("info", "models/fmnist_test100.npz"), "not an ONNX model")
+    one_line_error(bnnmip_cli("info", "models/fmnist_test100.npz"), "not an ONNX model")
 
 
 @slow
 def test_missing_data():
-    _one_line_error(bnnmip_cli("predict", "models/fmnist_2x100.onnx", "--data", "nowhere.npz"), "nowhere.npz")
+    one_line_error(bnnmip_cli("predict", "models/fmnist_2x100.onnx", "--data", "nowhere.npz"), "nowhere.npz")
 
 
 @slow

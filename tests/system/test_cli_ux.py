@@ -18,7 +18,7 @@ import pytest
 import bnnmip
 from bnnmip.attacks import attack
 from bnnmip.io.onnx_writer import random_params, save_onnx
-from tests.helpers import ROOT, shipped_inputs, shipped_net, slow
+from tests.helpers import ROOT, one_line_error, printed_table, shipped_inputs, shipped_net, slow
 
 MODEL = "models/fmnist_2x100.onnx"
 COMMANDS = ("info", "predict", "attack", "export", "minimal-eps", "bench", "results", "plot")
@@ -27,24 +27,6 @@ COMMANDS = ("info", "predict", "attack", "export", "minimal-eps", "bench", "resu
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bnnmip", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def rows(out: str) -> dict[str, str]:
-    """The ``key   value`` lines of a printed table (keys may hold one space: 'max |dx|')."""
-    table = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        table[key] = value.strip()
-    return table
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +46,11 @@ def tiny(tmp_path_factory):
 def test_the_radius_is_printed_as_grid_steps():
     asked = cli("attack", MODEL, "--index", "0", "--eps", "0.02", "--method", "pgd", "--time-limit", "5")
     assert asked.returncode == 0, asked.stderr
-    assert rows(asked.stdout)["eps"] == "5/255 = 0.0196 (asked 0.02)"
+    assert printed_table(asked.stdout)["eps"] == "5/255 = 0.0196 (asked 0.02)"
     steps = cli("attack", MODEL, "--index", "0", "--eps-steps", "5", "--method", "pgd", "--time-limit", "5")
     assert steps.returncode == 0, steps.stderr
-    assert rows(steps.stdout)["eps"] == "5/255 = 0.0196"
-    assert float(rows(steps.stdout)["max"].split()[-1]) <= 5 / 255 + 1e-12  # 'max |dx|'
+    assert printed_table(steps.stdout)["eps"] == "5/255 = 0.0196"
+    assert float(printed_table(steps.stdout)["max"].split()[-1]) <= 5 / 255 + 1e-12  # 'max |dx|'
 
 
 @slow  # several command lines in subprocesses
@@ -78,7 +60,7 @@ def test_a_radius_below_one_step_is_refused_unless_allowed():
     one_line_error(cli("attack", MODEL, "--index", "0", "--eps", "0"), "--eps 0", "--allow-zero")
     allowed = cli("attack", MODEL, "--index", "0", "--eps", "0.001", "--allow-zero", "--method", "milp")
     assert allowed.returncode == 0, allowed.stderr
-    table = rows(allowed.stdout)
+    table = printed_table(allowed.stdout)
     assert table["eps"] == "0/255 = 0 (asked 0.001)" and table["status"] == "robust"
 
 
@@ -107,7 +89,7 @@ def test_a_proof_says_what_proved_it_and_a_flip_who_confirmed_it(tiny):
     for eps in ("1/255", "2/255", "200/255"):
         done = cli("attack", model, "--data", data, "--index", "0", "--eps", eps, "--method", "milp")
         assert done.returncode == 0, done.stderr
-        table = rows(done.stdout)
+        table = printed_table(done.stdout)
         assert "verified" not in table, done.stdout
         if table["status"] == "robust":
             assert table["proof"].startswith("MILP (HiGHS): every target's dual bound below 0 (largest -")
@@ -128,7 +110,7 @@ def test_a_misclassified_image_is_refused_unless_allowed():
     allowed = cli("attack", MODEL, "--index", "17", "--eps", "2/255", "--method", "pgd", "--time-limit", "2",
                   "--allow-misclassified")
     assert allowed.returncode == 0, allowed.stderr
-    assert rows(allowed.stdout)["image"] == "#17 of fmnist_test100 (true class 4, predicted 6)"
+    assert printed_table(allowed.stdout)["image"] == "#17 of fmnist_test100 (true class 4, predicted 6)"
 
 
 @slow  # a command line in a subprocess
@@ -146,7 +128,7 @@ def test_attack_saves_what_it_found(tmp_path):
     folder = tmp_path / "run"
     done = cli("attack", MODEL, "--index", "0", "--eps", "0.02", "--save", str(folder))
     assert done.returncode == 0, done.stderr
-    assert rows(done.stdout)["saved"].count(str(folder)) == 4
+    assert printed_table(done.stdout)["saved"].count(str(folder)) == 4
     record = json.loads((folder / "result.json").read_text())
     assert record["model"] == MODEL and record["index"] == 0 and record["status"] == "adversarial"
     assert record["radius"]["steps"] == 5 and record["onnxruntime"]["confirmed"] is True
@@ -162,7 +144,7 @@ def test_minimal_eps_saves_and_explains(tiny, tmp_path):
     model, data = tiny
     done = cli("minimal-eps", model, "--data", data, "--index", "1", "--save", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    table = rows(done.stdout)
+    table = printed_table(done.stdout)
     assert table["grid"] == "255 levels, step 1/255 = 0.00392"
     assert all(part.startswith("r=") and part.endswith(" s)") for part in table["decisions"].split(", "))
     record = json.loads((tmp_path / "result.json").read_text())
@@ -193,7 +175,7 @@ def test_a_long_solve_shows_a_live_progress_line():
     line = re.search(r"MILP target \d+ \(\d+/9\) \| incumbent -?[\d.]+ \| bound (-|-?[\d.e+-]+) \| (\d+\.\d) s",
                      done.stderr)
     assert line is not None and float(line.group(2)) >= 1.5, done.stderr
-    assert "status" in rows(done.stdout)
+    assert "status" in printed_table(done.stdout)
     quiet = cli("attack", MODEL, "--index", "0", "--eps-steps", "1", "--method", "milp", "--time-limit", "2",
                 "--no-progress")
     assert quiet.returncode == 0 and quiet.stderr == ""
