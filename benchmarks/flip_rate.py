@@ -19,8 +19,9 @@ from pathlib import Path
 from bnnmip.bench.config import load_config
 from bnnmip.bench.jobs import expand
 from bnnmip.bench.report import format_table, summarize
+from bnnmip.bench.rows import write_csv
 from bnnmip.bench.runner import run
-from bnnmip.bench.store import ResultStore, write_csv
+from bnnmip.bench.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent
 WIDER_OR_DEEPER = lambda arch: arch != "2x100"  # noqa: E731

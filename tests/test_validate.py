@@ -54,7 +54,7 @@ def test_validators(validator, good, bad, prefix):
 
 
 def test_messages_say_what_is_expected():
-    with pytest.raises(InvalidArgumentError, match=r"levels=0: expected an integer in 1\.\.16,777,216 or None"):
+    with pytest.raises(InvalidArgumentError, match=r"levels=0: expected .*16,777,216 or None"):
         check_levels(0)
     with pytest.raises(InvalidArgumentError, match=r"target=10: expected a class in 0\.\.9"):
         check_class(10, 10)

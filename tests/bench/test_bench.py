@@ -260,8 +260,7 @@ def test_kill_interrupt_resume_equals_clean_run(tiny, clean):
     reference = _snapshot(clean)
     assert {k: v[1] for k, v in final.items()} == {k: v[1] for k, v in reference.items()}
     assert {"adversarial", "robust"} <= {status for _, status, _ in final.values()}
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_rerun_of_a_finished_benchmark_runs_nothing(tiny, clean):
     summary = run(tiny / "tiny.toml", db=clean, workers=2, progress=False)
     assert summary.ran == 0 and summary.skipped == summary.jobs == 48 and summary.complete
@@ -269,6 +268,7 @@ def test_rerun_of_a_finished_benchmark_runs_nothing(tiny, clean):
 
 
 # ------------------------------------------------------------------------------ results, plots
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_rows_hold_what_the_job_asked_and_found(clean, tiny):
     with ResultStore(clean) as store:
         rows = store.rows()
@@ -287,8 +287,7 @@ def test_rows_hold_what_the_job_asked_and_found(clean, tiny):
     # Both backends solve to optimality: they agree on every (model, image, eps).
     by_backend = {(r.model_sha256, r.image_index, r.eps, r.backend): r.status for r in rows}
     assert all(by_backend[k[:3] + ("highs",)] == by_backend[k[:3] + ("scip",)] for k in by_backend)
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_csv_export_round_trip(clean, tmp_path, capsys):
     with ResultStore(clean) as store:
         rows = store.rows()
@@ -329,8 +328,7 @@ def test_config_option_keeps_only_that_configurations_jobs(clean, tiny, tmp_path
 def test_results_of_a_missing_db_is_an_error(tmp_path, capsys):
     assert bench_main(["results", str(tmp_path / "none.sqlite")]) == 2
     assert "no such results database" in capsys.readouterr().err
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_plot_writes_four_figures(clean, tmp_path, capsys):
     from matplotlib.image import imread
 

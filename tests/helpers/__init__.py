@@ -102,10 +102,10 @@ def printed_table(out: str) -> dict[str, str]:
 
 
 def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """The command failed as bnnmip promises: exit status 2 and one line on stderr, no traceback,
-    holding every needle; that line."""
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr
+    """The command failed as bnnmip promises: exit status 2 and one line on stderr (no traceback, no
+    terminal escape), holding every needle; that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
     for needle in needles:

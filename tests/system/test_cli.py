@@ -1,6 +1,6 @@
 """The ``bnnmip`` command line (``info`` and ``predict``), run as a user runs it: in a subprocess.
 
-``pytest -q`` starts three subprocesses; the others (each a second or two of imports) are slow."""
+``pytest -q`` starts two subprocesses; the others (each a second or two of imports) are slow."""
 
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def test_predict_with_data_and_limit():
     result = bnnmip_cli("predict", "models/fmnist_2x200.onnx", "--data", "models/fmnist_test100.npz", "--limit", "10")
     assert result.returncode == 0, result.stderr
     assert "10 images" in result.stdout and "10/10 predictions agree" in result.stdout
-
-
+@slow  # two command lines in subprocesses
 def test_missing_model():
     one_line_error(bnnmip_cli("info", "models/no_such_model.onnx"), "no_such_model.onnx", "no such file")
     one_line_error(bnnmip_cli("predict", "models/no_such_model.onnx"))

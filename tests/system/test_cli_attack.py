@@ -12,7 +12,7 @@ import pytest
 
 from bnnmip.cli import main
 from bnnmip.io.onnx_writer import random_params, save_onnx
-from tests.helpers import MODELS, printed_table
+from tests.helpers import MODELS, printed_table, slow
 
 MODEL = str(MODELS / "fmnist_2x100.onnx")
 
@@ -21,8 +21,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
+@slow  # the README's attack in a subprocess (test_cli_ux runs one in the fast set)
 def test_the_readme_command_works_and_is_quick(tmp_path):
     """``bnnmip attack models/fmnist_2x100.onnx --index 0 --eps 2/255 --save out``, as a user runs it."""
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """The package's layering, read from the source: every import in ``bnnmip/`` (function-level ones
 included) goes down or sideways within its own layer, and no two modules import each other in a cycle.
 
-    errors, status, timing, validate, version, progress  →  network, threads, float32, fused
+    errors, files, status, timing, validate, version, progress  →  network, threads, float32, fused
     →  io | bounds, box  →  milp  →  backends  →  attacks  →  bench  →  cli (and the package's own
     ``__init__``, ``__main__``)
 
@@ -19,7 +19,7 @@ PACKAGE = ROOT / "bnnmip"
 
 # (rank, group): an import must go to a lower rank, or stay inside its own group.
 LAYERS = [
-    ("base", ("errors", "status", "timing", "validate", "version", "progress")),
+    ("base", ("errors", "files", "status", "timing", "validate", "version", "progress")),
     ("network", ("network", "threads", "float32", "fused")),
     ("io", ("io",)),
     ("bounds", ("bounds", "box")),

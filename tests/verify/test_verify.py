@@ -46,8 +46,7 @@ def test_every_route_matches_brute_force(seed, route):
         else:
             assert result.status == "robust", f"{where}: says {result.status}"
             assert result.proof, where
-
-
+@slow  # builds all 60 networks
 def test_the_tiny_nets_exercise_every_route():
     """Branch-and-bound really branches, CP-SAT really solves, and both input kinds are covered."""
     kinds = {"ib": 0, "binary": 0, "real": 0}
