@@ -23,6 +23,23 @@ from ..network import BNN
 _SESSIONS: OrderedDict[str, object] = OrderedDict()
 _MAX_SESSIONS = 32
 _FATAL = 4  # onnxruntime's log severities: 0 verbose .. 3 error, 4 fatal
+_INHERITED: list[OrderedDict] = []  # a forked child's copies of its parent's sessions: kept, never used
+
+
+def _forget_sessions_after_fork() -> None:
+    """A forked child starts a cache of its own.
+
+    onnxruntime sessions are not fork-safe: destroying (or running) a session copied from the parent
+    waits on thread-pool threads the child does not have, and hangs.  Evicting one from the cache
+    did exactly that once the parent held a full cache, so the child keeps the copies alive, unused.
+    """
+    global _SESSIONS
+    _INHERITED.append(_SESSIONS)
+    _SESSIONS = OrderedDict()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sessions_after_fork)
 
 
 def ort_session(model_bytes: bytes, threads: int | None = None):

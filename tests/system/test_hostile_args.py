@@ -33,8 +33,8 @@ from bnnmip.box import InputBox
 from bnnmip.io.datasets import load_npz
 from bnnmip.io.onnx_writer import Pattern, random_params, to_onnx
 from bnnmip.milp.formulation import attack_milp
+from tests.helpers import ROOT, one_line_error, slow
 
-ROOT = Path(__file__).resolve().parents[2]
 N_IN, K = 6, 3
 
 
@@ -48,16 +48,6 @@ def _message(call) -> str:
 def cli(*args: str, cwd: Path | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "bnnmip.cli", *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
-    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +86,7 @@ def test_recheck_asks_label_distance_and_range_independently(tiny):
     assert not same.label_changed and not same.ok
     nan = recheck(net, x, np.where(np.arange(N_IN) == 0, np.nan, near), 0.5, label)
     assert not nan.ok
-
-
+@slow  # PGD runs to its 3 s limit
 def test_an_attack_with_a_garbage_box_never_reports_a_verified_flip(tiny, monkeypatch):
     """The box of issue 15.3 (overflowed grid indices): wider than eps. Flips found there are not 'verified'."""
     net, x, label, _ = tiny
@@ -136,8 +125,7 @@ def test_grids_that_overflow_are_refused_everywhere(tiny, levels):
                  lambda: attack_milp(net, x, 0.1, (label + 1) % K, levels=levels),
                  lambda: pgd.input_box(dataclasses.replace(net, levels=levels), x, 0.1)):
         assert "levels=" in _message(call)
-
-
+@slow  # command lines in subprocesses
 def test_grids_that_overflow_are_refused_on_the_command_line_and_in_configs(tmp_path):
     model, data = "models/fmnist_2x100.onnx", "models/fmnist_test100.npz"
     for levels in ("1e20", "99999999999", "0"):
@@ -171,8 +159,7 @@ def test_pgd_batch_is_bounded(tiny):
 def test_an_infinite_time_limit_is_refused(tiny, method, limit):
     net, x, _, _ = tiny
     assert "time_limit=" in _message(lambda: attack(net, x, 0.1, method=method, time_limit=limit))
-
-
+@slow  # a command line in a subprocess
 def test_an_infinite_time_limit_is_refused_by_minimal_eps_and_the_cli(tiny):
     net, x, _, _ = tiny
     assert "time_limit=inf" in _message(lambda: minimal_eps(net, np.zeros(N_IN), time_limit=math.inf))
@@ -242,8 +229,7 @@ def test_hostile_data_files_are_refused_before_reading(tmp_path, name):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert fragment in message and peak < 16 * 2**20
-
-
+@slow  # builds a zip of 200,000 entries
 def test_a_zip_directory_bomb_is_refused_from_its_end_record(tmp_path):
     """200,000 empty files: zipfile would build an object per entry before any other check."""
     path = tmp_path / "many.npz"
@@ -268,8 +254,7 @@ def test_a_zip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
     assert time.perf_counter() - t0 < 1.0 and tracemalloc.get_traced_memory()[1] < 16 * 2**20
     tracemalloc.stop()
     assert data.images.shape == (2, 784)
-
-
+@slow  # command lines in subprocesses
 def test_bad_data_files_are_one_line_on_the_command_line(tmp_path):
     for name in ("string_labels", "empty_images"):
         path = NPZ_CASES[name][0](tmp_path / f"{name}.npz")
@@ -298,8 +283,7 @@ def test_a_config_cannot_declare_endless_models_or_unserialisable_options(tmp_pa
         deep = {"a": deep}
     assert "options.pgd" in _message(lambda: parse_config({**base, "models": [model], "options": {"pgd": deep}},
                                                          tmp_path / "c.toml"))
-
-
+@slow  # command lines in subprocesses
 def test_hostile_toml_is_refused(tmp_path):
     from bnnmip.bench import load_config
 
@@ -310,6 +294,7 @@ def test_hostile_toml_is_refused(tmp_path):
     one_line_error(cli("bench", str(tmp_path / "deep.toml")), "deep.toml")
 
 
+@slow  # a command line in a subprocess each
 @pytest.mark.parametrize("args, fragment", [
     (["--workers", "10000"], "workers=10000"),
     (["--scheduler", "not-an-address"], "scheduler="),
@@ -332,8 +317,7 @@ def victim(tmp_path) -> Path:
 def _export(out: Path) -> subprocess.CompletedProcess:
     return cli("export", "models/fmnist_2x100.onnx", "--index", "0", "--eps", "0.01", "--target", "3",
                "-o", str(out))
-
-
+@slow  # command lines in subprocesses
 def test_export_never_writes_through_a_link_or_onto_a_folder(tmp_path, victim):
     (tmp_path / "link.mps").symlink_to(victim)
     one_line_error(_export(tmp_path / "link.mps"), "symbolic link")
@@ -342,8 +326,7 @@ def test_export_never_writes_through_a_link_or_onto_a_folder(tmp_path, victim):
     one_line_error(_export(tmp_path / "folder.mps"), "cannot write")
     os.mkfifo(tmp_path / "fifo.mps")
     one_line_error(_export(tmp_path / "fifo.mps"), "cannot write")
-
-
+@slow  # a benchmark run and command lines in subprocesses
 def test_results_csv_never_writes_through_a_link(tmp_path, victim, store_db):
     (tmp_path / "link.csv").symlink_to(victim)
     one_line_error(cli("results", str(store_db), "--csv", "-o", str(tmp_path / "link.csv")), "symbolic link")
@@ -385,8 +368,7 @@ def test_a_config_cannot_name_files_outside(tmp_path, key, value, fragment):
     assert key in message and fragment in message
     inside = parse_config({**base, "db": "../results/ok.sqlite"}, tmp_path / "configs" / "c.toml")
     assert inside.db == (tmp_path / "results" / "ok.sqlite").resolve()
-
-
+@slow  # command lines in subprocesses
 def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
     """A manifest.json beside a model naming '../secret.npz' or an absolute path: never opened."""
     secret = tmp_path / "secret.npz"
@@ -400,13 +382,13 @@ def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
 
 
 # ====================================================================== finding 9: one safe line
+@slow  # command lines in subprocesses
 def test_a_file_name_cannot_forge_a_second_line_or_colour_the_terminal(tmp_path):
     evil = tmp_path / "m\nbnnmip: all good\x1b[32m.onnx"
     evil.write_bytes(b"not a model")
     line = one_line_error(cli("info", str(evil)), "\\n", "\\x1b")
     assert "all good" in line  # shown, escaped, on the one line
-
-
+@slow  # a command line in a subprocess
 def test_onnxruntime_log_lines_stay_off_stderr(tmp_path):
     """A node that fails at run time: onnxruntime logs a coloured line as well as raising; bnnmip's sessions do not."""
     graph = helper.make_graph([helper.make_node("Div", ["a", "b"], ["q"])], "g",
@@ -420,8 +402,7 @@ def test_onnxruntime_log_lines_stay_off_stderr(tmp_path):
             "except Exception as e:\n    print('raised', type(e).__name__)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "raised" in result.stdout and result.stderr == "", result.stderr
-
-
+@slow  # a command line in a subprocess
 def test_numpy_warnings_stay_off_stderr(tmp_path):
     """Weights folded through Cast(1e20 -> int8): numpy warned 'invalid value encountered in cast' on stderr."""
     model = to_onnx(random_params(np.random.default_rng(0), N_IN, [5, 4], K), Pattern())
@@ -437,8 +418,7 @@ def test_numpy_warnings_stay_off_stderr(tmp_path):
         one_line_error(result)
     else:
         assert result.stderr == ""
-
-
+@slow  # waits for a connection timeout
 def test_a_scheduler_that_is_not_there_is_one_line(tmp_path):
     """No progress bar before the error: the cluster is connected first (a 20 s connection timeout)."""
     one_line_error(cli("bench", "benchmarks/configs/smoke.toml", "--db", str(tmp_path / "x.sqlite"),

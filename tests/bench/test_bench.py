@@ -35,9 +35,9 @@ from bnnmip.bench import (
 )
 from bnnmip.cli import main as bench_main
 from bnnmip.io.onnx_writer import random_params, to_onnx
+from tests.helpers import BENCHMARKS, MODELS, slow
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "benchmarks" / "configs"
+CONFIGS = BENCHMARKS / "configs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 SMOKE_LIKE = """\
@@ -158,6 +158,7 @@ def test_config_file_errors(tmp_path):
         load_config(tmp_path / "bad.toml")
 
 
+@slow  # expands the quick config: loads all 16 shipped models
 def test_shipped_configs_parse_and_quick_fits_an_hour():
     configs = {name: load_config(CONFIGS / f"{name}.toml") for name in ("smoke", "quick", "paper", "flip_rate")}
     for name, config in configs.items():
@@ -226,6 +227,7 @@ def _snapshot(db: Path) -> dict[str, tuple]:
                 conn.execute("SELECT job_key, run_id, status, finished_at FROM results")}
 
 
+@slow  # three runs in subprocesses, two of them killed part-way
 def test_kill_interrupt_resume_equals_clean_run(tiny, clean):
     """SIGKILL part-way, then Ctrl-C part-way, then finish: every job once, statuses as a clean run's."""
     db = tiny / "killed.sqlite"
@@ -258,8 +260,7 @@ def test_kill_interrupt_resume_equals_clean_run(tiny, clean):
     reference = _snapshot(clean)
     assert {k: v[1] for k, v in final.items()} == {k: v[1] for k, v in reference.items()}
     assert {"adversarial", "robust"} <= {status for _, status, _ in final.values()}
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_rerun_of_a_finished_benchmark_runs_nothing(tiny, clean):
     summary = run(tiny / "tiny.toml", db=clean, workers=2, progress=False)
     assert summary.ran == 0 and summary.skipped == summary.jobs == 48 and summary.complete
@@ -267,6 +268,7 @@ def test_rerun_of_a_finished_benchmark_runs_nothing(tiny, clean):
 
 
 # ------------------------------------------------------------------------------ results, plots
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_rows_hold_what_the_job_asked_and_found(clean, tiny):
     with ResultStore(clean) as store:
         rows = store.rows()
@@ -285,8 +287,7 @@ def test_rows_hold_what_the_job_asked_and_found(clean, tiny):
     # Both backends solve to optimality: they agree on every (model, image, eps).
     by_backend = {(r.model_sha256, r.image_index, r.eps, r.backend): r.status for r in rows}
     assert all(by_backend[k[:3] + ("highs",)] == by_backend[k[:3] + ("scip",)] for k in by_backend)
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_csv_export_round_trip(clean, tmp_path, capsys):
     with ResultStore(clean) as store:
         rows = store.rows()
@@ -308,6 +309,7 @@ def test_csv_export_round_trip(clean, tmp_path, capsys):
     assert all(s.attacked == 6 and s.flipped + s.robust == 6 for s in lines)
 
 
+@slow  # a second export and plot of the results
 def test_config_option_keeps_only_that_configurations_jobs(clean, tiny, tmp_path):
     """A database shared by two configurations: --config picks one's rows (a subset: 1 model, 3 images)."""
     sub = tiny / "sub.toml"
@@ -326,8 +328,7 @@ def test_config_option_keeps_only_that_configurations_jobs(clean, tiny, tmp_path
 def test_results_of_a_missing_db_is_an_error(tmp_path, capsys):
     assert bench_main(["results", str(tmp_path / "none.sqlite")]) == 2
     assert "no such results database" in capsys.readouterr().err
-
-
+@slow  # reads the 48-job benchmark run on a 2-process cluster (the clean fixture)
 def test_plot_writes_four_figures(clean, tmp_path, capsys):
     from matplotlib.image import imread
 
@@ -379,11 +380,12 @@ def test_workers_and_scheduler_arguments_are_checked(tiny):
 
 
 # ------------------------------------------------------------------------------ the shipped smoke config
+@slow  # the smoke benchmark on the shipped models, on Dask
 def test_shipped_smoke_config_runs_to_the_end(tmp_path):
     """smoke.toml on the shipped models (skipped until the models and all four methods exist)."""
     from bnnmip.attacks import METHODS
 
-    needed = [REPO / "models" / "fmnist_2x100.onnx", REPO / "models" / "mnist_2x100.onnx"]
+    needed = [MODELS / "fmnist_2x100.onnx", MODELS / "mnist_2x100.onnx"]
     if not all(p.is_file() for p in needed):
         pytest.skip("the shipped models are not in models/ yet")
     missing = {"milp", "pgd", "iprop", "iprop+pgd"} - set(METHODS)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import onnx
 import pytest
 
 import bnnmip
 from bnnmip.attacks import attack, iprop_attack
-from bnnmip.io.onnx_writer import random_params, to_onnx
+from bnnmip.io.onnx_writer import random_params
+from tests.helpers import sample, saved_net, shipped_inputs, shipped_net, slow
 
 
 def _net(tmp_path, seed, n=5, widths=(6, 5), classes=3, levels=4, ib=False):
     rng = np.random.default_rng(seed)
-    path = tmp_path / f"net{seed}.onnx"
-    onnx.save(to_onnx(random_params(rng, n, list(widths), classes, input_binarization=ib)), path)
-    return bnnmip.load_onnx(path, levels=levels), rng
+    params = random_params(rng, n, list(widths), classes, input_binarization=ib)
+    return saved_net(params, tmp_path / f"net{seed}.onnx", levels=levels), rng
 
 
 def _flip_exists(net, x, eps) -> bool:
@@ -30,6 +29,7 @@ def _flip_exists(net, x, eps) -> bool:
     return bool(np.any(net.predict(points) != net.predict(x)[0]))
 
 
+@slow  # 24 networks, each attacked until IProp finds a flip or its limit
 @pytest.mark.parametrize("ib", [False, True])
 def test_iprop_finds_flips_that_exist_and_never_lies(tmp_path, ib):
     found = exists = 0
@@ -86,11 +86,10 @@ def test_reuse_and_rebuild_solve_the_same_subproblems(tmp_path):
     assert solved >= 5
 
 
-@pytest.mark.parametrize("method", ["iprop", "iprop+pgd", "best"])
+@pytest.mark.parametrize("method", sample(["iprop", "iprop+pgd", "best"], ["iprop"]))
 def test_time_limit_and_verified_results_on_a_shipped_model(method):
-    net = bnnmip.load_onnx("models/fmnist_2x100.onnx", levels=255)
-    data = bnnmip.datasets.load_npz("models/fmnist_test100.npz")
-    x = data.inputs()[0]
+    net = shipped_net("fmnist_2x100", levels=255)
+    x = shipped_inputs("fmnist_test100")[0]
     r = attack(net, x, 5 / 255, method=method, time_limit=2.0)
     assert r.time <= 3.0
     assert r.method == method
@@ -100,6 +99,7 @@ def test_time_limit_and_verified_results_on_a_shipped_model(method):
         assert np.argmax(bnnmip.onnx_logits(net, r.x_adv)[0]) != r.label
 
 
+@slow  # PGD and IProp spend their share of the limit before the MILP proves
 def test_best_can_prove_robustness(tmp_path):
     """'best' ends with the exact MILP, so at a tiny radius it certifies."""
     net, rng = _net(tmp_path, 5)

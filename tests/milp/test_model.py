@@ -9,11 +9,11 @@ import highspy
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from milp_nets import MODELS, small_model, tiny_case
 
-from bnnmip import InvalidArgumentError, MilpModel, attack_milp, load_onnx
-from bnnmip.backends import RebuildSession, open_session
-from bnnmip.io.datasets import load_npz
+from bnnmip import InvalidArgumentError, MilpModel, attack_milp
+from bnnmip.backends import RebuildSession, get_backend, open_session
+from tests.helpers import backend_params, hard_attack_milp
+from tests.helpers.milp_nets import small_model, tiny_case
 
 
 def test_evaluate_and_violation():
@@ -28,9 +28,9 @@ def test_evaluate_and_violation():
 
 
 @pytest.mark.parametrize("sense, offset, optimum", [("max", 5.0, 15.0), ("min", -7.25, -0.25)])
-@pytest.mark.parametrize("backend, solver", [("highs", None), ("scip", None), ("cvxpy", "HIGHS"), ("cvxpy", "SCIP")])
+@pytest.mark.parametrize("backend, solver", backend_params(solvers=True))
 def test_every_backend_solves_the_small_model(backend, solver, sense, offset, optimum):
-    m = small_model(sense, offset)
+    m = small_model(sense, offset, integer=get_backend(backend).capabilities.integer_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         solution = m.solve(backend, solver=solver)
@@ -142,8 +142,9 @@ def session_model(tmp_path_factory):
     raise AssertionError("no suitable tiny network among the first 50 seeds")
 
 
-def _changes(model: MilpModel, rng: np.random.Generator, round_: int) -> list[tuple]:
-    """A list of (method, args) updates, each valid for every session kind."""
+def _changes(model: MilpModel, rng: np.random.Generator, round_: int, integral: bool) -> list[tuple]:
+    """A list of (method, args) updates, each valid for every session kind (``integral``: integer
+    coefficients stay integers, for an ``integer_only`` backend)."""
     n, m = model.num_cols, model.num_rows
     cols = rng.choice(n, size=max(1, n // 3), replace=False)
     binary = np.flatnonzero(model.integrality & (model.col_lower == 0) & (model.col_upper == 1))
@@ -156,7 +157,7 @@ def _changes(model: MilpModel, rng: np.random.Generator, round_: int) -> list[tu
         changes.append(("set_col_bounds", (fix, np.zeros(len(fix)), np.zeros(len(fix)))))
     if round_ == 2:
         changes.append(("set_row_bounds", (rows, model.row_lower[rows] - 1.0, model.row_upper[rows] + 1.0)))
-        changes.append(("set_entries", (rr[pick], cc[pick], model.A[rr[pick], cc[pick]].A1 * 1.5)))
+        changes.append(("set_entries", (rr[pick], cc[pick], model.A[rr[pick], cc[pick]].A1 * (2 if integral else 1.5))))
     if round_ == 3:
         changes.append(("set_col_bounds", (fix, np.zeros(len(fix)), np.ones(len(fix)))))  # free them again
     return changes
@@ -171,14 +172,14 @@ def _apply_to_arrays(model: MilpModel, changes) -> MilpModel:
                    row_upper=s.row_upper, objective=s.objective, A=s.A, info={})
 
 
-@pytest.mark.parametrize("backend", ["highs", "scip"])
+@pytest.mark.parametrize("backend", backend_params("in_place_session"))
 def test_sessions_match_a_fresh_build(session_model, backend):
     rng = np.random.default_rng(7)
     in_place = open_session(session_model, backend)
     rebuild = open_session(session_model, backend, reuse=False)
     reference = session_model
     for round_ in range(4):
-        changes = _changes(session_model, rng, round_) if round_ else []
+        changes = _changes(session_model, rng, round_, get_backend(backend).capabilities.integer_only) if round_ else []
         for session in (in_place, rebuild):
             for method, args in changes:
                 getattr(session, method)(*args)
@@ -205,24 +206,19 @@ def test_rebuild_session_rejects_missing_entries(session_model):
 @pytest.fixture(scope="module")
 def hard_instance():
     """fmnist_2x100, image 0, radius 1/255, closest target: no solver closes it in seconds."""
-    net = load_onnx(MODELS / "fmnist_2x100.onnx", levels=255)
-    x = load_npz(MODELS / "fmnist_test100.npz").inputs()[0]
-    label = int(net.predict(x)[0])
-    logits = net.logits(x)[0]
-    target = int(np.argsort(logits[label] - logits)[1])
-    model = attack_milp(net, x, 1 / 255, target, label=label)
-    return model, model.info["encoding"].encode(x)
+    return hard_attack_milp()
 
 
-@pytest.mark.parametrize("backend, solver", [("highs", None), ("scip", None), ("cvxpy", "HIGHS"), ("cvxpy", "SCIP")])
+@pytest.mark.parametrize("backend, solver", backend_params(solvers=True))
 def test_time_limited_incumbent_is_feasible_never_optimal(hard_instance, backend, solver):
     model, start = hard_instance
+    warm = get_backend(backend).capabilities.warm_start
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        solution = model.solve(backend, time_limit=1.0, solver=solver, start=None if backend == "cvxpy" else start)
+        solution = model.solve(backend, time_limit=1.0, solver=solver, start=start if warm else None)
     assert solution.status in ("feasible", "time_limit"), solution
     assert solution.time <= 1.6, f"{backend}/{solver}: {solution.time:.2f} s for a 1 s limit"
-    if backend != "cvxpy":  # the clean input was given as a start: there is an incumbent
+    if warm:  # the clean input was given as a start: there is an incumbent
         assert solution.status == "feasible"
     if solution.status == "feasible":
         assert model.violation(solution.values) <= 1e-6

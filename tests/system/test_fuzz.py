@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnnmip import BnnmipError, check_onnx, load_onnx
 from bnnmip.io.onnx_writer import Pattern, random_params, to_onnx
+from tests.helpers import slow
 
 _LONG = "BNNMIP_FUZZ_EXAMPLES" in os.environ
 _EXAMPLES = int(os.environ.get("BNNMIP_FUZZ_EXAMPLES", "0"))
@@ -77,6 +78,7 @@ def _inputs(net, levels: int | None, seed: int, n: int = 300) -> np.ndarray:
     return X
 
 
+@slow  # 60 random networks through onnxruntime
 @_settings(60)
 @given(networks())
 def test_random_networks_match_onnxruntime(tmp_path_factory, case):

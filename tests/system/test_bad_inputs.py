@@ -37,9 +37,9 @@ from bnnmip.attacks import METHODS, attack
 from bnnmip.io import onnx_file
 from bnnmip.io.onnx_writer import Pattern, random_params, to_onnx
 from bnnmip.milp.formulation import attack_milp
+from tests.helpers import MODELS, slow
 
 N_IN, WIDTHS, K = 6, [5, 4], 3
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -714,6 +714,7 @@ def test_bad_attack_option(tiny, kwargs, fragments):
         attack(net, x, 0.1, time_limit=5, **kwargs)
 
 
+@slow  # the heuristics run to their 2 s limits
 def test_eps_zero_is_answered_robust_by_the_milp(tiny):
     net, x, label = tiny
     result = attack(net, x, 0.0, method="milp", time_limit=10)
@@ -778,8 +779,8 @@ def test_export_to_a_read_only_folder(tmp_path, milp_model):
 # ---------------------------------------------------------------------- the command line
 def _cli_cases(folder: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments of ``python -m bnnmip.cli``, a fragment the one stderr line must hold)."""
-    model = str(ROOT / "models" / "fmnist_2x100.onnx")
-    data = str(ROOT / "models" / "fmnist_test100.npz")
+    model = str(MODELS / "fmnist_2x100.onnx")
+    data = str(MODELS / "fmnist_test100.npz")
 
     def bad(name: str) -> str:
         (folder / name).mkdir()
@@ -850,6 +851,7 @@ CLI_CASE_NAMES = [
 ]
 
 
+@slow  # 21 command lines in subprocesses (tests/system/test_cli.py runs a few in the fast set)
 @pytest.mark.parametrize("name", CLI_CASE_NAMES)
 def test_cli_one_line_exit_2(cli_results, name):
     result, fragment = cli_results[name]

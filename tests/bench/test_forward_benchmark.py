@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, slow
 
 
+@slow  # a benchmark run in a subprocess
 def test_forward_benchmark_quick(tmp_path):
     out = tmp_path / "forward.json"
     result = subprocess.run([sys.executable, "benchmarks/forward.py", "--quick", "--pause", "0", "--json", str(out)],

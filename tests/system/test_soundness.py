@@ -7,19 +7,14 @@ densely, in bnnmip's exact forward pass and in onnxruntime.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "soundness.py"
-_spec = importlib.util.spec_from_file_location("bnnmip_soundness_benchmark", _PATH)
-soundness = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = soundness
-_spec.loader.exec_module(soundness)
+from tests.helpers import load_benchmark, slow
+
+soundness = load_benchmark("soundness")
 
 TIME_LIMIT = 0.5  # the networks are tiny: the MILP solves them in milliseconds
 
@@ -36,6 +31,7 @@ def sample(request):
     return request.param, tally
 
 
+@slow  # 40 networks, every method and backend
 def test_sample_of_random_networks_is_sound(sample):
     """No fake adversarial example, no false certificate, no disagreement between the two judges."""
     name, tally = sample
@@ -47,6 +43,7 @@ def test_sample_of_random_networks_is_sound(sample):
     assert sum(n for (run, status), n in tally.verdicts.items() if status == "robust") > 0, report
 
 
+@slow  # the same sample
 def test_sample_of_random_networks_never_crashes(sample):
     name, tally = sample
     crashes = [v for v in tally.violations if ": crash: " in v]

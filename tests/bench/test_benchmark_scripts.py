@@ -1,21 +1,16 @@
-"""Smoke runs of the attack and bench benchmarks (the full runs are in benchmarks/, see README)."""
+"""Smoke runs of the attack and bench benchmarks (the full runs are in benchmarks/, see README); slow:
+each runs a benchmark end to end."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
 
+from tests.helpers import MODELS, load_benchmark
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bnnmip_benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.slow
 
 
 def tiny_config(folder: Path, methods: list[str], images: int = 1) -> Path:
@@ -33,7 +28,7 @@ backends = ["highs"]
 first_correct = {images}
 
 [[models]]
-file = "{ROOT / 'models' / 'fmnist_2x100.onnx'}"
+file = "{MODELS / 'fmnist_2x100.onnx'}"
 eps_levels = [5]
 """.replace("'", '"'))
     return path
@@ -42,7 +37,7 @@ eps_levels = [5]
 def test_flip_rate_runs_reports_and_checks_targets(tmp_path, capsys):
     config = tiny_config(tmp_path, ["pgd", "iprop", "iprop+pgd", "milp"])
     out = tmp_path / "out"
-    assert load("flip_rate").main(["--config", str(config), "--workers", "1", "--out", str(out),
+    assert load_benchmark("flip_rate").main(["--config", str(config), "--workers", "1", "--out", str(out),
                                    "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "iprop+pgd >= pgd" in printed and "iprop beats pgd on average" in printed
@@ -53,12 +48,12 @@ def test_flip_rate_runs_reports_and_checks_targets(tmp_path, capsys):
     assert sorted(r["method"] for r in rows) == ["iprop", "iprop+pgd", "milp", "pgd"]
     assert all(r["verified"] == "1" for r in rows if r["status"] == "adversarial")
     # --report runs nothing and gives the same table
-    assert load("flip_rate").main(["--config", str(config), "--report", "--out", str(out)]) == 0
+    assert load_benchmark("flip_rate").main(["--config", str(config), "--report", "--out", str(out)]) == 0
     assert (out / "tiny.md").read_text() == table
 
 
 def test_iprop_reuse_quick(capsys):
-    assert load("iprop_reuse").main(["--quick"]) == 0
+    assert load_benchmark("iprop_reuse").main(["--quick"]) == 0
     printed = capsys.readouterr().out
     line = next(ln for ln in printed.splitlines() if ln.startswith("2x100"))
     in_place, rebuilt, ratio = map(float, line.split()[1:])
@@ -68,7 +63,7 @@ def test_iprop_reuse_quick(capsys):
 
 def test_bench_scaling_runs_both_cluster_sizes(tmp_path, capsys):
     config = tiny_config(tmp_path, ["pgd"], images=2)
-    assert load("bench_scaling").main(["--config", str(config)]) in (0, 1)  # 1: under the 1.7x target
+    assert load_benchmark("bench_scaling").main(["--config", str(config)]) in (0, 1)  # 1: under the 1.7x target
     printed = capsys.readouterr().out
     assert "1 worker(s): 2 jobs" in printed and "2 worker(s): 2 jobs" in printed
     assert "ratio 2 workers / 1 worker" in printed
@@ -77,8 +72,8 @@ def test_bench_scaling_runs_both_cluster_sizes(tmp_path, capsys):
 def test_verify_benchmark_quick(tmp_path, capsys):
     """The exact-engine study in miniature: every route, the agreement check, the table."""
     out = tmp_path / "out"
-    code = load("verify").main(["--quick", "--workers", "1", "--db", str(tmp_path / "v.sqlite"), "--out", str(out),
-                                "--no-progress", "--no-minimal-eps"])
+    code = load_benchmark("verify").main(["--quick", "--workers", "1", "--db", str(tmp_path / "v.sqlite"),
+                                          "--out", str(out), "--no-progress", "--no-minimal-eps"])
     assert code == 0, capsys.readouterr().err  # 1 would mean two routes disagreed
     table = (out / "verify_quick.md").read_text()
     for route in ("auto", "bab", "cpsat", "enumerate", "milp/highs", "milp/scip"):

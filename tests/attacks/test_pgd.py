@@ -6,13 +6,13 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import onnx
 import pytest
 
 import bnnmip
 from bnnmip.attacks import attack
 from bnnmip.attacks.pgd import Surrogate, SurrogateStage, pgd_attack, surrogate_logits, surrogate_value_and_grad
-from bnnmip.io.onnx_writer import random_params, to_onnx
+from bnnmip.io.onnx_writer import random_params
+from tests.helpers import saved_net
 
 KINDS = ("real", "binarized", "real_weights")
 
@@ -21,8 +21,7 @@ def _make(path, seed: int, n: int, widths: list[int], k: int, kind: str = "real"
     rng = np.random.default_rng(seed)
     params = random_params(rng, n, widths, k, input_binarization=kind == "binarized",
                            real_first_layer=kind == "real_weights", negative_gamma=0.5, zero_gamma=0.1)
-    onnx.save(to_onnx(params), str(path))
-    return params, bnnmip.load_onnx(path, levels=levels)
+    return params, saved_net(params, path, levels=levels)
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,18 @@ accuracies, checksum and size."""
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bnnmip
 from bnnmip.io.datasets import FASHION_MNIST_DIR, load_fashion_mnist, load_npz
+from tests.helpers import MANIFEST, MODELS, sample
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-MANIFEST = json.loads((MODELS / "manifest.json").read_text())["models"]
 ARCHS = ("2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100", "ib200-3x100")
 IB_MODELS = [entry for entry in MANIFEST if entry.get("input_binarization")]
+# pytest -q checks the 2x100 models and one with input binarization; the full suite all of them.
+FAST = [e for e in MANIFEST if e["arch"] == "2x100"] + IB_MODELS[:1]
 
 
 def _widths(entry) -> list[int]:
@@ -68,7 +67,7 @@ def test_file_checksum_and_size(entry):
     assert len(data) <= 1.5e6
 
 
-@pytest.mark.parametrize("entry", MANIFEST, ids=_ids)
+@pytest.mark.parametrize("entry", sample(MANIFEST, FAST), ids=_ids)
 def test_parity_with_onnxruntime(zoo, entry):
     net, data = zoo(entry)
     assert net.widths == _widths(entry) and net.n_classes == 10
@@ -109,7 +108,7 @@ def test_input_thresholds_between_levels(zoo, entry):
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                     reason=f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR} "
                            "(apt-get install -y dataset-fashion-mnist)")
-@pytest.mark.parametrize("arch", ["2x100", "5x100", "ib200-3x100"])
+@pytest.mark.parametrize("arch", sample(["2x100", "5x100", "ib200-3x100"], ["2x100"]))
 def test_full_fashion_mnist_accuracy(arch):
     entry = next(e for e in MANIFEST if e["file"] == f"fmnist_{arch}.onnx")
     test = load_fashion_mnist("test")

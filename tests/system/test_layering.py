@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "bnnmip"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "bnnmip"
 
 # (rank, group): an import must go to a lower rank, or stay inside its own group.
 LAYERS = [

@@ -9,10 +9,10 @@ import time
 import highspy
 import numpy as np
 import pytest
-from milp_nets import MODELS
 
 from bnnmip.cli import main
 from bnnmip.io.onnx_writer import random_params, save_onnx
+from tests.helpers import MODELS, printed_table, slow
 
 MODEL = str(MODELS / "fmnist_2x100.onnx")
 
@@ -21,17 +21,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def table(out: str) -> dict[str, str]:
-    """The ``key   value`` lines of a printed table."""
-    rows = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        rows[key] = value.strip()
-    return rows
-
-
+@slow  # the README's attack in a subprocess (test_cli_ux runs one in the fast set)
 def test_the_readme_command_works_and_is_quick(tmp_path):
     """``bnnmip attack models/fmnist_2x100.onnx --index 0 --eps 2/255 --save out``, as a user runs it."""
     t0 = time.perf_counter()
@@ -39,7 +29,7 @@ def test_the_readme_command_works_and_is_quick(tmp_path):
                            "--save", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr
-    rows = table(done.stdout)
+    rows = printed_table(done.stdout)
     assert rows["status"] == "adversarial" and rows["onnxruntime"].startswith("confirmed"), done.stdout
     assert rows["method"] == "best / highs" and rows["label"] == "9" and rows["adv_label"] != "9"
     assert float(rows["max"].split()[-1]) <= 2 / 255 * (1 + 1e-6)  # the 'max |dx|' row, printed to 6 digits
@@ -51,7 +41,7 @@ def test_attack_milp_with_options(capsys):
     code, out, err = run(capsys, "attack", MODEL, "--index", "0", "--eps", "3/255", "--method", "milp",
                          "--target", "7", "--time-limit", "30")
     assert code == 0, err
-    rows = table(out)
+    rows = printed_table(out)
     assert rows["status"] == "adversarial" and rows["onnxruntime"].startswith("confirmed") and rows["target"] == "7"
     assert rows["adv_label"] == "7" and rows["method"] == "milp / highs" and rows["image"].startswith("#0 of")
 
@@ -63,7 +53,7 @@ def test_attack_with_other_backends(capsys, tiny, backend):
         code, out, err = run(capsys, "attack", model, "--data", data, "--index", "0", "--eps", eps, "--method", "milp",
                              "--backend", backend, "--time-limit", "30", "--allow-misclassified")
         assert code == 0, err
-        rows = table(out)
+        rows = printed_table(out)
         assert rows["method"] == f"milp / {backend}"
         assert rows["status"] in ("robust", "adversarial"), out
         assert rows.get("proof", rows.get("onnxruntime", "")).startswith(("MILP", "confirmed")), out
@@ -73,7 +63,7 @@ def test_attack_continuous_and_lp_bounds(capsys):
     code, out, err = run(capsys, "attack", MODEL, "--index", "1", "--eps", "0.001", "--method", "milp",
                          "--continuous", "--bounds", "lp", "--time-limit", "20")
     assert code == 0, err
-    assert table(out)["status"] in ("robust", "adversarial", "unknown")
+    assert printed_table(out)["status"] in ("robust", "adversarial", "unknown")
 
 
 def test_export_writes_a_model_solvers_read(capsys, tmp_path):
@@ -82,7 +72,7 @@ def test_export_writes_a_model_solvers_read(capsys, tmp_path):
         code, out, err = run(capsys, "export", MODEL, "--index", "0", "--eps", "2/255", "--target", "3",
                              "-o", str(path))
         assert code == 0, err
-        rows = table(out)
+        rows = printed_table(out)
         n_rows = int(rows["model"].split()[0])
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
@@ -107,7 +97,7 @@ def test_minimal_eps(capsys, tiny):
     code, out, err = run(capsys, "minimal-eps", model, "--data", data, "--index", "1", "--time-limit", "60",
                          "--allow-misclassified")
     assert code == 0, err
-    rows = table(out)
+    rows = printed_table(out)
     assert "proven robust" in rows["minimal"] or "no radius" in rows["minimal"], out
     if "proven robust" in rows["minimal"]:
         assert rows["onnxruntime"].startswith("confirmed")

@@ -1,28 +1,37 @@
 """The exact attack against brute force on 200 tiny random BNNs (real solvers, onnxruntime).
 
-For every network the truth is enumerated over the whole input grid (tests/milp_nets.py).  At the
+For every network the truth is enumerated over the whole input grid (tests/helpers/milp_nets.py).  At the
 minimal flip radius r* the attack must say 'adversarial' with an onnxruntime-verified input, at
 r* - 1 (or, with no flip anywhere, over the whole range) it must say 'robust'; ``minimal_eps`` must
 find r* exactly; and one targeted MILP's optimum must equal the brute-force maximum of
 logit[t] - logit[label].  HiGHS and SCIP run on every network, CVXPY on a subset, so no backend
 can disagree with the truth or with another.  On continuous inputs (no grid), every 'robust'
 verdict is checked against dense sampling and every adversarial input against onnxruntime.
+
+``pytest -q`` checks a sample of the networks; the full suite checks all of them.
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import numpy as np
 import pytest
-from milp_nets import cached_case, check_attacks, check_minimal_eps, check_optimum, continuous_case
 
 from bnnmip import attack
-from bnnmip.io.runtime import onnx_logits
+from tests.helpers import sample, slow
+from tests.helpers.milp_nets import (
+    cached_case,
+    check_attacks,
+    check_continuous_verdict,
+    check_minimal_eps,
+    check_optimum,
+    continuous_case,
+)
 
 N_NETS = 200
 CVXPY_NETS = range(0, N_NETS, 16)  # 13 networks
+FAST_NETS = range(0, N_NETS, 25)  # the sample of pytest -q: 8 networks (input binarization, real and ±1 first layers)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,7 @@ def folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", ["highs", "scip"])
-@pytest.mark.parametrize("seed", range(N_NETS))
+@pytest.mark.parametrize("seed", sample(range(N_NETS), FAST_NETS))
 def test_attack_matches_brute_force(seed, backend, folder):
     c = cached_case(seed)
     check_attacks(c, backend)
@@ -40,7 +49,7 @@ def test_attack_matches_brute_force(seed, backend, folder):
 
 
 @pytest.mark.parametrize("solver", ["HIGHS", "SCIP"])
-@pytest.mark.parametrize("seed", CVXPY_NETS)
+@pytest.mark.parametrize("seed", sample(CVXPY_NETS, [0]))
 def test_cvxpy_matches_brute_force(seed, solver, folder):
     c = cached_case(seed)
     with warnings.catch_warnings():
@@ -52,6 +61,7 @@ def test_cvxpy_matches_brute_force(seed, solver, folder):
                 check_minimal_eps(c, "cvxpy")
 
 
+@slow  # builds all 200 networks
 def test_the_nets_cover_the_cases(folder):
     """The generator really produces every kind of network and both answers."""
     cases = [cached_case(seed) for seed in range(N_NETS)]
@@ -66,7 +76,7 @@ def test_the_nets_cover_the_cases(folder):
 
 
 @pytest.mark.parametrize("backend", ["highs", "scip"])
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", sample(range(30), range(3)))
 def test_continuous_verdicts_hold_under_dense_sampling(seed, backend, folder):
     """No grid: every 'robust' survives 20,000 samples and every vertex of the box; every flip is verified."""
     net, x = continuous_case(seed, folder, real_first_layer=seed % 3 == 2)
@@ -75,16 +85,7 @@ def test_continuous_verdicts_hold_under_dense_sampling(seed, backend, folder):
     statuses = []
     for eps in (0.05, 0.15, 0.4):
         result = attack(net, x, eps, method="milp", backend=backend, time_limit=30)
-        lo, hi = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
         where = f"seed {seed}, {net!r}, eps {eps}, {backend}"
-        if result.status == "adversarial":
-            assert result.verified and result.adv_label != label, where
-            assert np.all(result.x_adv >= lo - 1e-12) and np.all(result.x_adv <= hi + 1e-12), where
-        elif result.status == "robust":
-            vertices = np.array(list(itertools.product(*zip(lo, hi))))
-            samples = np.vstack([rng.uniform(lo, hi, size=(20_000, len(x))), vertices])
-            flips = net.predict(samples) != label
-            assert not flips.any(), f"{where}: 'robust' but {int(flips.sum())} sampled inputs flip"
-            assert not np.any(np.argmax(onnx_logits(net, samples[:2000]), axis=1) != label), where
+        check_continuous_verdict(net, x, eps, label, result, rng, where, onnx_rows=2000)
         statuses.append(result.status)
     assert "unknown" not in statuses, f"seed {seed}: tiny continuous MILPs must be decided: {statuses}"
