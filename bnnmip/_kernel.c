@@ -1,0 +1,260 @@
+/* bnnmip's compiled forward kernel: every unit of a binarized network decided in exact integer
+ * arithmetic (see bnnmip/kernel.py for the mathematics and the Python side).
+ *
+ * Rows go through the network four at a time (each weight loaded once for the four): their inputs become bytes (the grid index of a real input,
+ * or the bit of an input binarization), every layer is a set of int8 x uint8 dot products summed
+ * in int32 (exact), compared with an integer threshold, and the logits are summed in float64.  A
+ * real first layer is decided by comparing its integer product A with T = F theta, which is exact
+ * whenever |A - T| exceeds the row's rounding tolerance; a row with a unit inside it, or with a
+ * NaN or infinite input, is flagged and its logits left to the caller.
+ *
+ * A Python module with one function, logits(net, x, is_double, out, flags): net is the address of a
+ * bnn_t that kernel.py builds with ctypes, the arrays are buffers; the GIL is released meanwhile.
+ * With GCC on x86-64 the pass is compiled for several instruction sets and the best one is picked
+ * at the first call (AVX-512 VNNI does 64 byte products an instruction).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define U32 5.9604644775390625e-08 /* 2^-24 */
+#define LANES 16 /* partial sums of the input bound */
+#define ROUNDER 12582912.0f /* 1.5 * 2^23: (y + ROUNDER) - ROUNDER rounds y to an integer */
+#define BLOCK 4 /* rows that go through the network together */
+#define CLASS_BLOCK 8 /* logits summed together */
+
+typedef struct {
+    int32_t depth;                 /* hidden layers */
+    int32_t n_inputs;
+    int32_t binarized;             /* 1: input binarization, then integer layers only */
+    int32_t n_classes;
+    const int32_t *width;          /* [depth] units of each layer */
+    const int32_t *stride;         /* [depth] padded fan-in of each layer (a multiple of 64) */
+    const int8_t *const *weight;   /* [depth] width x stride, zero padded */
+    const int8_t *const *packed;   /* [depth] the same for VNNI: [stride / 4][width padded to 32][4] */
+    const int32_t *const *cut;     /* [depth] integer layers: on iff the sum of w b >= cut */
+    const double *target;          /* real first layer: T_j = F theta_j */
+    const double *slack;           /* real first layer: the float64 rounding of T_j */
+    double factor;                 /* F: an input x is read as the grid index F x */
+    double tolerance_scale;        /* max |w| (1 + 2^-40): turns the input bound into a unit bound */
+    double tolerance_floor;        /* n F 2^-149: float32 underflow */
+    const int8_t *direction;       /* input binarization: d_j, theta_j */
+    const double *ib_threshold;
+    const double *out_weight;      /* width[depth - 1] x n_classes padded to CLASS_BLOCK */
+    const double *out_bias;
+} bnn_t;
+
+/* Input bits z_k = [d_k x_k >= theta_k] (x float32 or float64); 0 if a value is NaN or infinite. */
+static int binarize(const bnn_t *net, const void *x, int is_double, uint8_t *z)
+{
+    int finite = 1;
+    for (int32_t k = 0; k < net->n_inputs; k++) {
+        double v = is_double ? ((const double *)x)[k] : (double)((const float *)x)[k];
+        finite &= isfinite(v) != 0;
+        z[k] = (net->direction[k] > 0 ? v : -v) >= net->ib_threshold[k];
+    }
+    return finite;
+}
+
+
+typedef void (*rows_fn)(const bnn_t *, const char *, size_t, int, int, double *, int *, uint8_t *, uint8_t *,
+                        int32_t *, int64_t);
+
+/* The forward pass for AVX-512 VNNI, AVX2 and the baseline, picked at the first call by what the
+ * CPU supports (GCC's target_clones would pick by CPU model, which a virtual machine may hide). */
+#define NAME(f) f##_base
+#include "_kernel_loops.h"
+#undef NAME
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define NAME(f) f##_avx2
+#include "_kernel_loops.h"
+#undef NAME
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#include <immintrin.h>
+
+/* sums[r * step + j] = sum_k w_jk in_r[k] for n rows (BLOCK or 1), 32 units at a time: every
+ * vpdpbusd adds four byte products to each of 16 units, with eight independent accumulators. */
+static void packed_dots(int n, const uint8_t *in, int64_t step, const int8_t *packed, int32_t *sums,
+                        int32_t width, int32_t stride)
+{
+    int32_t padded = (width + 31) / 32 * 32, groups = stride / 4;
+    for (int32_t u = 0; u < padded; u += 32) {
+        __m512i acc[BLOCK][2];
+        for (int r = 0; r < BLOCK; r++)
+            acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+        const int8_t *w = packed + (int64_t)u * 4;
+        for (int32_t g = 0; g < groups; g++, w += (int64_t)padded * 4) {
+            __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+            for (int r = 0; r < BLOCK; r++) {
+                if (r < n) {
+                    int32_t four;
+                    memcpy(&four, in + r * step + 4 * g, 4);
+                    __m512i x = _mm512_set1_epi32(four);
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x, w0);
+                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x, w1);
+                }
+            }
+        }
+        for (int r = 0; r < n; r++) {
+            _mm512_storeu_si512((void *)(sums + r * step + u), acc[r][0]);
+            _mm512_storeu_si512((void *)(sums + r * step + u + 16), acc[r][1]);
+        }
+    }
+}
+
+/* quantize (see _kernel_loops.h) in AVX-512: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
+static double quantize_avx512(const float *x, int32_t n, float factor, uint8_t *q)
+{
+    __m512 f = _mm512_set1_ps(factor), top = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps();
+    __m512 dev = _mm512_setzero_ps(), mag = _mm512_setzero_ps();
+    int32_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + k), f);
+        __m512 r = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512i i = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(r, top), zero));
+        dev = _mm512_add_ps(dev, _mm512_abs_ps(_mm512_sub_ps(y, _mm512_cvtepi32_ps(i))));
+        mag = _mm512_add_ps(mag, _mm512_abs_ps(y));
+        _mm_storeu_si128((__m128i *)(void *)(q + k), _mm512_cvtepi32_epi8(i));
+    }
+    double d = _mm512_reduce_add_ps(dev), m = _mm512_reduce_add_ps(mag);
+    for (; k < n; k++) {
+        float y = x[k] * factor;
+        float r = (y + ROUNDER) - ROUNDER;
+        r = r < 255.0f ? r : 255.0f;
+        r = r > 0.0f ? r : 0.0f;
+        int32_t i = (int32_t)r;
+        d += fabsf(y - (float)i);
+        m += fabsf(y);
+        q[k] = (uint8_t)i;
+    }
+    return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
+}
+
+#define PACKED_DOTS 1
+#define QUANTIZE quantize_avx512
+#define NAME(f) f##_vnni
+#include "_kernel_loops.h"
+#undef NAME
+#undef PACKED_DOTS
+#undef QUANTIZE
+#pragma GCC pop_options
+#define X86 1
+#else
+#define X86 0
+#endif
+
+static rows_fn pick(void)
+{
+#if X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl"))
+        return rows_through_vnni;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return rows_through_avx2;
+#endif
+    return rows_through_base;
+}
+
+/* Logits of `rows` rows of `x` (float32, or float64 with input binarization when is_double) into
+ * `out` (rows x n_classes); flags[r] = 1 for a row left to the caller.  Returns the number of
+ * flagged rows, or -1 if out of memory. */
+static int64_t bnn_logits(const bnn_t *net, const void *x, int32_t is_double, int64_t rows, double *out, uint8_t *flags)
+{
+    static rows_fn rows_through = NULL;  /* a benign race: every thread stores the same pointer */
+    if (rows_through == NULL)
+        rows_through = pick();
+    int64_t step = net->n_inputs;
+    for (int32_t l = 0; l < net->depth; l++) {
+        int32_t units = (net->width[l] + 31) / 32 * 32;  /* packed_dots writes whole blocks */
+        step = units > step ? units : step;
+        step = net->stride[l] > step ? net->stride[l] : step;
+    }
+    uint8_t *a = calloc((size_t)(BLOCK * step), 1), *b = calloc((size_t)(BLOCK * step), 1);
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)(BLOCK * step));
+    if (a == NULL || b == NULL || sums == NULL) {
+        free(a);
+        free(b);
+        free(sums);
+        return -1;
+    }
+    int64_t flagged = 0;
+    size_t row_bytes = (size_t)net->n_inputs * (is_double ? sizeof(double) : sizeof(float));
+    for (int64_t r = 0; r < rows;) {
+        int n = rows - r >= BLOCK ? BLOCK : 1, ok[BLOCK] = {1, 1, 1, 1};
+        rows_through(net, (const char *)x + r * (int64_t)row_bytes, row_bytes, is_double, n,
+                     out + r * net->n_classes, ok, a, b, sums, step);
+        for (int i = 0; i < n; i++) {
+            flags[r + i] = !ok[i];
+            flagged += !ok[i];
+        }
+        r += n;
+    }
+    free(a);
+    free(b);
+    free(sums);
+    return flagged;
+}
+
+/* logits(net, x, is_double, out, flags) -> number of flagged rows (rows = len(flags)). */
+static PyObject *py_logits(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "logits(net, x, is_double, out, flags)");
+        return NULL;
+    }
+    const bnn_t *net = PyLong_AsVoidPtr(args[0]);
+    int is_double = PyObject_IsTrue(args[2]);
+    if (net == NULL || is_double < 0)
+        return NULL;
+    Py_buffer x, out, flags;
+    if (PyObject_GetBuffer(args[1], &x, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[3], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[4], &flags, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    int64_t rows = flags.len, flagged = -2;
+    if (x.len == rows * net->n_inputs * (is_double ? 8 : 4) && out.len == rows * net->n_classes * 8) {
+        Py_BEGIN_ALLOW_THREADS
+        flagged = bnn_logits(net, x.buf, is_double, rows, (double *)out.buf, (uint8_t *)flags.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&flags);
+    if (flagged == -1)
+        return PyErr_NoMemory();
+    if (flagged == -2) {
+        PyErr_SetString(PyExc_ValueError, "logits: buffer sizes do not match the network");
+        return NULL;
+    }
+    return PyLong_FromLongLong(flagged);
+}
+
+static PyMethodDef methods[] = {
+    {"logits", (PyCFunction)(void (*)(void))py_logits, METH_FASTCALL, "Logits of a batch (see bnnmip/kernel.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernel(void)
+{
+    return PyModule_Create(&module);
+}
