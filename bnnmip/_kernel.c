@@ -21,6 +21,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define X86 1
+#include <immintrin.h>
+#else
+#define X86 0
+#endif
 
 #define U32 5.9604644775390625e-08 /* 2^-24 */
 #define LANES 16 /* partial sums of the input bound */
@@ -35,8 +41,7 @@ typedef struct {
     int32_t n_classes;
     const int32_t *width;          /* [depth] units of each layer */
     const int32_t *stride;         /* [depth] padded fan-in of each layer (a multiple of 64) */
-    const int8_t *const *weight;   /* [depth] width x stride, zero padded */
-    const int8_t *const *packed;   /* [depth] the same for VNNI: [stride / 4][width padded to 32][4] */
+    const int8_t *const *packed;   /* [depth] weights as [stride / 4][width padded to 32][4], zero padded */
     const int32_t *const *cut;     /* [depth] integer layers: on iff the sum of w b >= cut */
     const double *target;          /* real first layer: T_j = F theta_j */
     const double *slack;           /* real first layer: the float64 rounding of T_j */
@@ -65,23 +70,97 @@ static int binarize(const bnn_t *net, const void *x, int is_double, uint8_t *z)
 typedef void (*rows_fn)(const bnn_t *, const char *, size_t, int, int, double *, int *, uint8_t *, uint8_t *,
                         int32_t *, int64_t);
 
-/* The forward pass for AVX-512 VNNI, AVX2 and the baseline, picked at the first call by what the
- * CPU supports (GCC's target_clones would pick by CPU model, which a virtual machine may hide). */
-#define NAME(f) f##_base
-#include "_kernel_loops.h"
-#undef NAME
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* The forward pass for AVX-512 VNNI and for AVX2, picked at the first call by what the CPU
+ * supports (GCC's target_clones would pick by CPU model, which a virtual machine may hide).  Other
+ * CPUs and compilers get neither: kernel.py then leaves every batch to the numpy path, which is
+ * faster than this code would be without vector instructions. */
+#if X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+
+/* packed_dots (see below) in AVX2, 16 units at a time: vpmaddubsw multiplies bytes into pairs of
+ * int16 (|q w| + |q w| <= 510 for |w| <= 1: no saturation), vpmaddwd adds the pairs into int32. */
+static void packed_dots_avx2(int n, const uint8_t *in, int64_t step, const int8_t *packed, int32_t *sums,
+                             int32_t width, int32_t stride)
+{
+    int32_t padded = (width + 31) / 32 * 32, groups = stride / 4;
+    __m256i ones = _mm256_set1_epi16(1);
+    for (int32_t u = 0; u < padded; u += 16) {
+        __m256i acc[BLOCK][2];
+        for (int r = 0; r < BLOCK; r++)
+            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        const int8_t *w = packed + (int64_t)u * 4;
+        for (int32_t g = 0; g < groups; g++, w += (int64_t)padded * 4) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)w);
+            __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w + 32));
+            for (int r = 0; r < BLOCK; r++) {
+                if (r < n) {
+                    int32_t four;
+                    memcpy(&four, in + r * step + 4 * g, 4);
+                    __m256i x = _mm256_set1_epi32(four);
+                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+                }
+            }
+        }
+        for (int r = 0; r < n; r++) {
+            _mm256_storeu_si256((__m256i *)(void *)(sums + r * step + u), acc[r][0]);
+            _mm256_storeu_si256((__m256i *)(void *)(sums + r * step + u + 8), acc[r][1]);
+        }
+    }
+}
+
+/* quantize (see _kernel_loops.h) in AVX2: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
+static double quantize_avx2(const float *x, int32_t n, float factor, uint8_t *q)
+{
+    __m256 f = _mm256_set1_ps(factor), top = _mm256_set1_ps(255.0f), zero = _mm256_setzero_ps();
+    __m256 sign = _mm256_set1_ps(-0.0f), dev = _mm256_setzero_ps(), mag = _mm256_setzero_ps();
+    int32_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + k), f);
+        __m256 r = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i i = _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, top), zero));
+        dev = _mm256_add_ps(dev, _mm256_andnot_ps(sign, _mm256_sub_ps(y, _mm256_cvtepi32_ps(i))));
+        mag = _mm256_add_ps(mag, _mm256_andnot_ps(sign, y));
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)(void *)lanes, i);
+        for (int l = 0; l < 8; l++)
+            q[k + l] = (uint8_t)lanes[l];
+    }
+    float dl[8], ml[8];
+    _mm256_storeu_ps(dl, dev);
+    _mm256_storeu_ps(ml, mag);
+    double d = 0.0, m = 0.0;
+    for (int l = 0; l < 8; l++) {
+        d += dl[l];
+        m += ml[l];
+    }
+    for (; k < n; k++) {
+        float y = x[k] * factor;
+        float r = (y + ROUNDER) - ROUNDER;
+        r = r < 255.0f ? r : 255.0f;
+        r = r > 0.0f ? r : 0.0f;
+        int32_t i = (int32_t)r;
+        d += fabsf(y - (float)i);
+        m += fabsf(y);
+        q[k] = (uint8_t)i;
+    }
+    return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
+}
+
+#define PACKED_DOTS packed_dots_avx2
+#define QUANTIZE quantize_avx2
 #define NAME(f) f##_avx2
 #include "_kernel_loops.h"
 #undef NAME
+#undef PACKED_DOTS
+#undef QUANTIZE
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
-#include <immintrin.h>
 
-/* sums[r * step + j] = sum_k w_jk in_r[k] for n rows (BLOCK or 1), 32 units at a time: every
+/* sums[r * step + j] = sum_k w_jk in_r[k] for n rows (BLOCK or 1), from weights packed as
+ * [stride / 4][width padded to 32][4] (four consecutive inputs of a unit side by side), 32 units at a time: every
  * vpdpbusd adds four byte products to each of 16 units, with eight independent accumulators. */
 static void packed_dots(int n, const uint8_t *in, int64_t step, const int8_t *packed, int32_t *sums,
                         int32_t width, int32_t stride)
@@ -139,7 +218,7 @@ static double quantize_avx512(const float *x, int32_t n, float factor, uint8_t *
     return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
 }
 
-#define PACKED_DOTS 1
+#define PACKED_DOTS packed_dots
 #define QUANTIZE quantize_avx512
 #define NAME(f) f##_vnni
 #include "_kernel_loops.h"
@@ -147,22 +226,41 @@ static double quantize_avx512(const float *x, int32_t n, float factor, uint8_t *
 #undef PACKED_DOTS
 #undef QUANTIZE
 #pragma GCC pop_options
-#define X86 1
-#else
-#define X86 0
 #endif
 
+static const char *instruction_set = "none";
+
+/* The best forward pass the CPU supports (NULL: none), or AVX2 if $BNNMIP_KERNEL says "avx2" (so
+ * that tests check both versions on one machine). */
 static rows_fn pick(void)
 {
 #if X86
+    const char *cap = getenv("BNNMIP_KERNEL");
+    int most = cap != NULL && strcmp(cap, "avx2") == 0 ? 1 : 2;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl"))
+    if (most >= 2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl")) {
+        instruction_set = "AVX-512 VNNI";
         return rows_through_vnni;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    }
+    if (most >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        instruction_set = "AVX2";
         return rows_through_avx2;
+    }
 #endif
-    return rows_through_base;
+    return NULL;
+}
+
+static rows_fn rows_through = NULL;  /* a benign race: every thread stores the same pointer */
+static int picked = 0;
+
+static rows_fn forward_pass(void)
+{
+    if (!picked) {
+        rows_through = pick();
+        picked = 1;
+    }
+    return rows_through;
 }
 
 /* Logits of `rows` rows of `x` (float32, or float64 with input binarization when is_double) into
@@ -170,9 +268,9 @@ static rows_fn pick(void)
  * flagged rows, or -1 if out of memory. */
 static int64_t bnn_logits(const bnn_t *net, const void *x, int32_t is_double, int64_t rows, double *out, uint8_t *flags)
 {
-    static rows_fn rows_through = NULL;  /* a benign race: every thread stores the same pointer */
-    if (rows_through == NULL)
-        rows_through = pick();
+    rows_fn pass = forward_pass();
+    if (pass == NULL)
+        return -3;
     int64_t step = net->n_inputs;
     for (int32_t l = 0; l < net->depth; l++) {
         int32_t units = (net->width[l] + 31) / 32 * 32;  /* packed_dots writes whole blocks */
@@ -191,7 +289,7 @@ static int64_t bnn_logits(const bnn_t *net, const void *x, int32_t is_double, in
     size_t row_bytes = (size_t)net->n_inputs * (is_double ? sizeof(double) : sizeof(float));
     for (int64_t r = 0; r < rows;) {
         int n = rows - r >= BLOCK ? BLOCK : 1, ok[BLOCK] = {1, 1, 1, 1};
-        rows_through(net, (const char *)x + r * (int64_t)row_bytes, row_bytes, is_double, n,
+        pass(net, (const char *)x + r * (int64_t)row_bytes, row_bytes, is_double, n,
                      out + r * net->n_classes, ok, a, b, sums, step);
         for (int i = 0; i < n; i++) {
             flags[r + i] = !ok[i];
@@ -244,10 +342,24 @@ static PyObject *py_logits(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "logits: buffer sizes do not match the network");
         return NULL;
     }
+    if (flagged == -3) {
+        PyErr_SetString(PyExc_RuntimeError, "logits: no forward pass for this CPU (see instruction_set())");
+        return NULL;
+    }
     return PyLong_FromLongLong(flagged);
 }
 
+/* instruction_set() -> the name of the instruction set the forward pass uses. */
+static PyObject *py_instruction_set(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    forward_pass();
+    return PyUnicode_FromString(instruction_set);
+}
+
 static PyMethodDef methods[] = {
+    {"instruction_set", py_instruction_set, METH_NOARGS, "The instruction set the forward pass uses."},
     {"logits", (PyCFunction)(void (*)(void))py_logits, METH_FASTCALL, "Logits of a batch (see bnnmip/kernel.py)."},
     {NULL, NULL, 0, NULL},
 };

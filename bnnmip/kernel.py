@@ -56,7 +56,7 @@ class _Net(ctypes.Structure):
     _fields_ = [
         ("depth", ctypes.c_int32), ("n_inputs", ctypes.c_int32), ("binarized", ctypes.c_int32),
         ("n_classes", ctypes.c_int32), ("width", _c_int32_p), ("stride", _c_int32_p),
-        ("weight", ctypes.POINTER(_c_int8_p)), ("packed", ctypes.POINTER(_c_int8_p)),
+        ("packed", ctypes.POINTER(_c_int8_p)),
         ("cut", ctypes.POINTER(_c_int32_p)),
         ("target", _c_double_p), ("slack", _c_double_p), ("factor", ctypes.c_double),
         ("tolerance_scale", ctypes.c_double), ("tolerance_floor", ctypes.c_double),
@@ -66,12 +66,13 @@ class _Net(ctypes.Structure):
 
 
 def _library():
-    """The compiled function ``logits(net, x, is_double, out, flags)``, or None when it was not built."""
+    """The compiled function ``logits(net, x, is_double, out, flags)``, or None when it was not built or
+    has no forward pass for this CPU (it needs AVX2 or AVX-512 VNNI, and GCC on x86-64)."""
     try:
-        from ._kernel import logits
+        from ._kernel import instruction_set, logits
     except ImportError:
         return None
-    return logits
+    return logits if instruction_set() != "none" else None
 
 
 def available() -> bool:
@@ -79,10 +80,19 @@ def available() -> bool:
     return _library() is not None
 
 
+def describe() -> str:
+    """The kernel's state in a few words, for benchmark headers: built or not, and its instruction set."""
+    try:
+        from ._kernel import instruction_set
+    except ImportError:
+        return "compiled kernel not built"
+    return f"compiled kernel ({instruction_set()})"
+
+
 def supports(net) -> bool:
     """Whether the kernel computes ``net``: ±1 weights everywhere, and real inputs (if not binarized)
     with a positive upper bound (the grid :math:`k\\,hi/255`)."""
-    if not all(layer.binary_weights for layer in net.layers):
+    if not all(layer.binary_weights and np.abs(layer.weight).max(initial=0) <= 1 for layer in net.layers):
         return False
     hi = net.input_range[1]
     return net.input_binarization is not None or (0 < hi < math.inf and net.n_inputs * 255 * 128 < 2**31)
@@ -122,18 +132,17 @@ class Kernel:
         ib = net.input_binarization
         self.binarized = ib is not None
         self._keep = []  # every array the C structure points into
-        weights = [self._keep_array(_padded(layer.weight)) for layer in net.layers]
+        weights = [_padded(layer.weight) for layer in net.layers]
         cuts = [None if (i == 0 and not self.binarized) else self._keep_array(_bit_cuts(layer))
                 for i, layer in enumerate(net.layers)]
         s = _Net(depth=net.depth, n_inputs=net.n_inputs, binarized=int(self.binarized), n_classes=net.n_classes)
         s.width = self._pointer(np.array(net.widths, np.int32), _c_int32_p)
         s.stride = self._pointer(np.array([w.shape[1] for w in weights], np.int32), _c_int32_p)
-        s.weight = (_c_int8_p * net.depth)(*[w.ctypes.data_as(_c_int8_p) for w in weights])
         packed = [self._keep_array(_packed(w)) for w in weights]
         s.packed = (_c_int8_p * net.depth)(*[w.ctypes.data_as(_c_int8_p) for w in packed])
         s.cut = (_c_int32_p * net.depth)(*[_c_int32_p() if c is None else c.ctypes.data_as(_c_int32_p)
                                            for c in cuts])
-        self._keep += [s.weight, s.packed, s.cut]
+        self._keep += [s.packed, s.cut]
         if self.binarized:
             s.direction = self._pointer(ib.direction.astype(np.int8), _c_int8_p)
             s.ib_threshold = self._pointer(ib.threshold.astype(np.float64), _c_double_p)

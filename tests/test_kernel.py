@@ -6,7 +6,10 @@ arithmetic is exact up to rounding of the inputs) and hands them, and inputs off
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -183,3 +186,39 @@ def test_real_valued_weights_take_the_float_path():
     assert net._fast.kernel is None
     X = rng.random((5, 20))
     np.testing.assert_allclose(net.logits(X), net.forward(X).logits, rtol=1e-12, atol=1e-12)
+
+
+_AVX2_CHECK = """
+import sys, numpy as np, bnnmip
+from bnnmip.kernel import describe
+assert describe() == "compiled kernel (AVX2)", describe()
+sys.path.insert(0, {tests!r})
+from test_kernel import MODELS, _grid_thresholds, probe
+from bnnmip.io.datasets import load_npz
+pixels = load_npz(MODELS / "fmnist_test100.npz").images
+for name in ("fmnist_2x100", "fmnist_5x100", "fmnist_ib200-3x100"):
+    net = bnnmip.load_onnx(MODELS / f"{{name}}.onnx")
+    for size in (1, 5, 16, 100):
+        X = (pixels[:size].astype(np.float32) / np.float32(255))
+        out = np.empty((size, 10))
+        assert len(net._fast.kernel(X, out)) == 0
+        np.testing.assert_allclose(out, net.forward(X).logits, rtol=1e-12, atol=1e-12)
+first = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx").layers[0]
+X = pixels[:16].astype(np.float32) / np.float32(255)
+theta, rows = _grid_thresholds(first, X, [2e-9, -2e-9, 0.1 / 255, -0.1 / 255])
+p = probe(bnnmip.Layer(first.weight, theta, first.scale, integer=False))
+np.testing.assert_array_equal(p.logits(X), p.forward(X).post[0])
+print("ok")
+"""
+
+
+@needs_kernel
+def test_the_avx2_version_decides_as_forward():
+    """The AVX2 version of the kernel (picked where AVX-512 VNNI is missing), forced by $BNNMIP_KERNEL."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or " avx2" not in cpuinfo.read_text():
+        pytest.skip("no AVX2 here (or no /proc/cpuinfo to tell)")
+    code = _AVX2_CHECK.format(tests=str(Path(__file__).resolve().parent))
+    env = {**os.environ, "BNNMIP_KERNEL": "avx2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
