@@ -41,7 +41,7 @@ typedef struct {
     int32_t n_classes;
     const int32_t *width;          /* [depth] units of each layer */
     const int32_t *stride;         /* [depth] padded fan-in of each layer (a multiple of 64) */
-    const int8_t *const *packed;   /* [depth] weights as [stride / 4][width padded to 32][4], zero padded */
+    const int8_t *const *packed;   /* [depth] weights as [stride / 4][width padded to 16][4], zero padded */
     const int32_t *const *cut;     /* [depth] integer layers: on iff the sum of w b >= cut */
     const double *target;          /* real first layer: T_j = F theta_j */
     const double *slack;           /* real first layer: the float64 rounding of T_j */
@@ -67,6 +67,25 @@ static int binarize(const bnn_t *net, const void *x, int is_double, uint8_t *z)
 }
 
 
+/* Grid indices q = clamp(round(F x), 0, 255) of x[k..n) and the bound of sum_k |F x_k - q_k| (see
+ * kernel.py) given the partial sums d = sum |y - q| and m = sum |y| (y = fl(F x)) of x[0..k):
+ * (D + 2.001 u Y) (1 + 2 n u), the last factor for the rounding of the float sums in any order.  D
+ * is taken against the integers stored, so the bound holds whatever integers they are; NaN if an x is. */
+static double quantize_tail(const float *x, int32_t k, int32_t n, float factor, uint8_t *q, double d, double m)
+{
+    for (; k < n; k++) {
+        float y = x[k] * factor;
+        float r = (y + ROUNDER) - ROUNDER;  /* nearest integer for |y| < 2^22 */
+        r = r < 255.0f ? r : 255.0f;
+        r = r > 0.0f ? r : 0.0f;  /* NaN -> 0 (y, and so the bound, stay NaN) */
+        int32_t i = (int32_t)r;
+        d += fabsf(y - (float)i);
+        m += fabsf(y);
+        q[k] = (uint8_t)i;
+    }
+    return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
+}
+
 typedef void (*rows_fn)(const bnn_t *, const char *, size_t, int, int, double *, int *, uint8_t *, uint8_t *,
                         int32_t *, int64_t);
 
@@ -78,39 +97,17 @@ typedef void (*rows_fn)(const bnn_t *, const char *, size_t, int, int, double *,
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-/* packed_dots (see below) in AVX2, 16 units at a time: vpmaddubsw multiplies bytes into pairs of
- * int16 (|q w| + |q w| <= 510 for |w| <= 1: no saturation), vpmaddwd adds the pairs into int32. */
-static void packed_dots_avx2(int n, const uint8_t *in, int64_t step, const int8_t *packed, int32_t *sums,
-                             int32_t width, int32_t stride)
-{
-    int32_t padded = (width + 31) / 32 * 32, groups = stride / 4;
-    __m256i ones = _mm256_set1_epi16(1);
-    for (int32_t u = 0; u < padded; u += 16) {
-        __m256i acc[BLOCK][2];
-        for (int r = 0; r < BLOCK; r++)
-            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-        const int8_t *w = packed + (int64_t)u * 4;
-        for (int32_t g = 0; g < groups; g++, w += (int64_t)padded * 4) {
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)w);
-            __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(w + 32));
-            for (int r = 0; r < BLOCK; r++) {
-                if (r < n) {
-                    int32_t four;
-                    memcpy(&four, in + r * step + 4 * g, 4);
-                    __m256i x = _mm256_set1_epi32(four);
-                    acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
-                    acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
-                }
-            }
-        }
-        for (int r = 0; r < n; r++) {
-            _mm256_storeu_si256((__m256i *)(void *)(sums + r * step + u), acc[r][0]);
-            _mm256_storeu_si256((__m256i *)(void *)(sums + r * step + u + 8), acc[r][1]);
-        }
-    }
-}
+/* packed_dots (_kernel_loops.h) in AVX2: vpmaddubsw multiplies bytes into pairs of int16 (|q w| +
+ * |q w| <= 510 for |w| <= 1: no saturation), vpmaddwd adds the pairs into int32. */
+#define VEC __m256i
+#define UNITS 8
+#define VZERO() _mm256_setzero_si256()
+#define VLOAD(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define VSET1(v) _mm256_set1_epi32(v)
+#define VDOT(acc, x, w) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)))
+#define VSTORE(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), v)
 
-/* quantize (see _kernel_loops.h) in AVX2: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
+/* quantize_tail (above) eight inputs at a time: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
 static double quantize_avx2(const float *x, int32_t n, float factor, uint8_t *q)
 {
     __m256 f = _mm256_set1_ps(factor), top = _mm256_set1_ps(255.0f), zero = _mm256_setzero_ps();
@@ -135,63 +132,27 @@ static double quantize_avx2(const float *x, int32_t n, float factor, uint8_t *q)
         d += dl[l];
         m += ml[l];
     }
-    for (; k < n; k++) {
-        float y = x[k] * factor;
-        float r = (y + ROUNDER) - ROUNDER;
-        r = r < 255.0f ? r : 255.0f;
-        r = r > 0.0f ? r : 0.0f;
-        int32_t i = (int32_t)r;
-        d += fabsf(y - (float)i);
-        m += fabsf(y);
-        q[k] = (uint8_t)i;
-    }
-    return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
+    return quantize_tail(x, k, n, factor, q, d, m);
 }
 
-#define PACKED_DOTS packed_dots_avx2
-#define QUANTIZE quantize_avx2
-#define NAME(f) f##_avx2
+#define ISA avx2
 #include "_kernel_loops.h"
-#undef NAME
-#undef PACKED_DOTS
-#undef QUANTIZE
+#undef ISA
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
 
-/* sums[r * step + j] = sum_k w_jk in_r[k] for n rows (BLOCK or 1), from weights packed as
- * [stride / 4][width padded to 32][4] (four consecutive inputs of a unit side by side), 32 units at a time: every
- * vpdpbusd adds four byte products to each of 16 units, with eight independent accumulators. */
-static void packed_dots(int n, const uint8_t *in, int64_t step, const int8_t *packed, int32_t *sums,
-                        int32_t width, int32_t stride)
-{
-    int32_t padded = (width + 31) / 32 * 32, groups = stride / 4;
-    for (int32_t u = 0; u < padded; u += 32) {
-        __m512i acc[BLOCK][2];
-        for (int r = 0; r < BLOCK; r++)
-            acc[r][0] = acc[r][1] = _mm512_setzero_si512();
-        const int8_t *w = packed + (int64_t)u * 4;
-        for (int32_t g = 0; g < groups; g++, w += (int64_t)padded * 4) {
-            __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
-            for (int r = 0; r < BLOCK; r++) {
-                if (r < n) {
-                    int32_t four;
-                    memcpy(&four, in + r * step + 4 * g, 4);
-                    __m512i x = _mm512_set1_epi32(four);
-                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], x, w0);
-                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], x, w1);
-                }
-            }
-        }
-        for (int r = 0; r < n; r++) {
-            _mm512_storeu_si512((void *)(sums + r * step + u), acc[r][0]);
-            _mm512_storeu_si512((void *)(sums + r * step + u + 16), acc[r][1]);
-        }
-    }
-}
+/* packed_dots (_kernel_loops.h) in AVX-512 VNNI: vpdpbusd adds four byte products into each of 16 units. */
+#define VEC __m512i
+#define UNITS 16
+#define VZERO() _mm512_setzero_si512()
+#define VLOAD(p) _mm512_loadu_si512((const void *)(p))
+#define VSET1(v) _mm512_set1_epi32(v)
+#define VDOT(acc, x, w) _mm512_dpbusd_epi32(acc, x, w)
+#define VSTORE(p, v) _mm512_storeu_si512((void *)(p), v)
 
-/* quantize (see _kernel_loops.h) in AVX-512: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
-static double quantize_avx512(const float *x, int32_t n, float factor, uint8_t *q)
+/* quantize_tail (above) sixteen inputs at a time: a NaN y gives min(NaN, 255) = 255, and a NaN bound. */
+static double quantize_vnni(const float *x, int32_t n, float factor, uint8_t *q)
 {
     __m512 f = _mm512_set1_ps(factor), top = _mm512_set1_ps(255.0f), zero = _mm512_setzero_ps();
     __m512 dev = _mm512_setzero_ps(), mag = _mm512_setzero_ps();
@@ -205,26 +166,12 @@ static double quantize_avx512(const float *x, int32_t n, float factor, uint8_t *
         _mm_storeu_si128((__m128i *)(void *)(q + k), _mm512_cvtepi32_epi8(i));
     }
     double d = _mm512_reduce_add_ps(dev), m = _mm512_reduce_add_ps(mag);
-    for (; k < n; k++) {
-        float y = x[k] * factor;
-        float r = (y + ROUNDER) - ROUNDER;
-        r = r < 255.0f ? r : 255.0f;
-        r = r > 0.0f ? r : 0.0f;
-        int32_t i = (int32_t)r;
-        d += fabsf(y - (float)i);
-        m += fabsf(y);
-        q[k] = (uint8_t)i;
-    }
-    return (d + 2.001 * U32 * m) * (1.0 + 2.0 * n * U32);
+    return quantize_tail(x, k, n, factor, q, d, m);
 }
 
-#define PACKED_DOTS packed_dots
-#define QUANTIZE quantize_avx512
-#define NAME(f) f##_vnni
+#define ISA vnni
 #include "_kernel_loops.h"
-#undef NAME
-#undef PACKED_DOTS
-#undef QUANTIZE
+#undef ISA
 #pragma GCC pop_options
 #endif
 
@@ -288,7 +235,9 @@ static int64_t bnn_logits(const bnn_t *net, const void *x, int32_t is_double, in
     int64_t flagged = 0;
     size_t row_bytes = (size_t)net->n_inputs * (is_double ? sizeof(double) : sizeof(float));
     for (int64_t r = 0; r < rows;) {
-        int n = rows - r >= BLOCK ? BLOCK : 1, ok[BLOCK] = {1, 1, 1, 1};
+        int n = rows - r >= BLOCK ? BLOCK : (int)(rows - r), ok[BLOCK];
+        for (int i = 0; i < BLOCK; i++)
+            ok[i] = 1;
         pass(net, (const char *)x + r * (int64_t)row_bytes, row_bytes, is_double, n,
                      out + r * net->n_classes, ok, a, b, sums, step);
         for (int i = 0; i < n; i++) {

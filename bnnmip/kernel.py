@@ -106,9 +106,10 @@ def _padded(weight: np.ndarray) -> np.ndarray:
 
 
 def _packed(padded: np.ndarray) -> np.ndarray:
-    """A padded (width, stride) matrix as [stride / 4][width padded to 32][4] (the VNNI layout)."""
+    """A padded (width, stride) matrix as [stride / 4][width padded to 16][4]: the four weights of a unit
+    that one byte-product instruction sums, side by side."""
     width, stride = padded.shape
-    units = -(-width // 32) * 32
+    units = -(-width // 16) * 16
     out = np.zeros((stride // 4, units, 4), np.int8)
     out[:, :width] = padded.reshape(width, stride // 4, 4).transpose(1, 0, 2)
     return out
