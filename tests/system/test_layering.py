@@ -20,7 +20,7 @@ PACKAGE = ROOT / "bnnmip"
 # (rank, group): an import must go to a lower rank, or stay inside its own group.
 LAYERS = [
     ("base", ("errors", "files", "status", "timing", "validate", "version", "progress")),
-    ("network", ("network", "threads", "float32", "fused")),
+    ("network", ("network", "threads", "float32", "fused", "kernel", "fastpath", "_kernel")),
     ("io", ("io",)),
     ("bounds", ("bounds", "box")),
     ("milp", ("milp",)),
