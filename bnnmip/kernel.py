@@ -196,7 +196,7 @@ class Kernel:
         is_double = x.dtype == np.float64 and self.binarized
         if x.dtype != np.float32 and not is_double:
             with np.errstate(over="ignore"):  # beyond float32: infinite, flagged by the kernel
-                x = x.astype(np.float32)
+                x = x.astype(np.float32, order="C")  # a transposed batch stays transposed otherwise
         elif not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         rows = len(x)

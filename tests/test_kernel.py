@@ -179,6 +179,15 @@ def test_large_batches_in_threads(images):
     np.testing.assert_allclose(net.logits(X), net.forward(X).logits, rtol=1e-12, atol=1e-12)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_batches(images, dtype):
+    """A batch in column-major order (a transposed array, as ``np.indices(...).reshape(n, -1).T`` gives)."""
+    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    X = np.asfortranarray(grid_batch(images, "fmnist", 300, dtype))
+    np.testing.assert_allclose(net.logits(X), net.forward(X).logits, rtol=1e-12, atol=1e-12)
+
+
 def test_real_valued_weights_take_the_float_path():
     rng = np.random.default_rng(3)
     layer = bnnmip.Layer(rng.normal(size=(8, 20)), rng.normal(size=8), np.ones(8), integer=False)
