@@ -25,7 +25,7 @@ from .result import AttackResult
 # found (PGD finds most of what it ever finds in its first few hundred restarts).
 PGD_SHARE = 0.2
 # 'best': PGD's and IProp's shares of the budget; the MILP has the rest.
-BEST_SHARES = (0.05, 0.7)
+BEST_SHARES = (0.05, 0.8)
 
 
 def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str) -> AttackResult:

@@ -46,6 +46,8 @@ from .tracker import Tracker
 SOLVERS = ("local", "milp")
 _STEPS = (1, 2, 3, 5, 8, 13)  # the step size S: ±1 input changes, or grid steps per pixel
 _PATIENCE = 32  # failed proposals before a restart
+_RESTART = "escalate"
+_SCHEDULE = "walk"
 _COST = 0.25  # a flip's cost to the layer below, in mean target weights per unit of hardness
 _TOP_NOISE = 0.5  # sigma of the log-normal factors on the top units' weights
 
@@ -224,22 +226,30 @@ class _IProp:
                     self.accepted += 1
                     continue
             failures += 1
-            step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
+            if _SCHEDULE == "walk":
+                step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
+            elif _SCHEDULE == "cycle":
+                step = (step + 1) % len(_STEPS)
             if failures >= _PATIENCE:
                 self.restarts += 1
-                x = self._restart_point(tracker.x_best)
+                x = self._restart_point(tracker.x_best, x0)
                 tracker.offer(x)  # a random restart may flip the prediction by itself
                 f, pot, tgt = self.score_batch(x[None, :], fixed_target)
                 best, target, failures, step = (f[0], pot[0]), int(tgt[0]), 0, 2
                 acts = self.net.forward(x)
 
-    def _restart_point(self, x_best: np.ndarray) -> np.ndarray:
+    def _restart_point(self, x_best: np.ndarray, x0: np.ndarray) -> np.ndarray:
         """The best input so far with a random tenth of its free pixels moved inside the box."""
+        if _RESTART == "clean":
+            return self.box.snap(x0)
+        if _RESTART == "random":
+            return self.box.random(self.rng, 1)[0]
         x = x_best.copy()
         movable = np.flatnonzero(self.box.open)
         if len(movable) == 0:
             return x
-        pick = self.rng.choice(movable, size=max(1, len(movable) // 10), replace=False)
+        share = 0.1 if _RESTART == "perturb" else min(0.8, 0.05 * 2 ** ((self.restarts - 1) % 5))
+        pick = self.rng.choice(movable, size=max(1, int(len(movable) * share)), replace=False)
         x[pick] = self.box.random(self.rng, 1, pick)[0]
         return x
 

@@ -149,16 +149,23 @@ class BinaryMilp:
         rows = UnitRows(data.coef, in_cols, data.theta - n, data.theta + n, data.theta, data.delta, 0.0)
         b.add_unit_rows(f"l{data.k}", np.arange(m), rows, self.unit_cols)
         self.on_row, self.off_row = np.arange(m), np.arange(m, 2 * m)
-        zero, self.floor = np.zeros(m), np.full(m, -float(n + 1))  # progress may be negative (never rewarded)
-        self.up = b.add_columns(self.floor, zero, True, data.k, np.arange(m))
-        self.down = b.add_columns(self.floor, zero, True, data.k, np.arange(m))
+        # Progress towards a target's side, clipped below at 0 (moving away is not penalised, as in
+        # the native objective): progress column t in [0, cap] and a binary z with
+        # t <= (s - s0) + M (1 - z) and t <= M z, per direction (up, down).
+        zero, units, big = np.zeros(m), np.arange(m), 2.0 * (n + 1)
         r, c = np.nonzero(data.coef)
-        units = np.arange(m)
         vals = data.coef[r, c]
-        self.up_rows = b.add_block(np.concatenate([r, units]), np.concatenate([in_cols[c], self.up]),
-                                   np.concatenate([-vals, np.ones(m)]), np.full(m, -np.inf), zero, "up")
-        self.down_rows = b.add_block(np.concatenate([r, units]), np.concatenate([in_cols[c], self.down]),
-                                     np.concatenate([vals, np.ones(m)]), np.full(m, -np.inf), zero, "down")
+        self.progress = {}
+        for name, sign in (("up", 1.0), ("down", -1.0)):
+            t = b.add_columns(zero, zero, True, data.k, units)
+            z = b.add_columns(zero, zero, True, data.k, units)
+            rows = np.concatenate([r, units, units])
+            cols = np.concatenate([in_cols[c], t, z])
+            gap = b.add_block(rows, cols, np.concatenate([-sign * vals, np.ones(m), np.full(m, big)]),
+                              np.full(m, -np.inf), zero, f"{name}_gap")
+            b.add_block(np.concatenate([units, units]), np.concatenate([t, z]),
+                        np.concatenate([np.ones(m), np.full(m, -big)]), np.full(m, -np.inf), zero, f"{name}_on")
+            self.progress[name] = (t, z, gap, sign, big)
         self.budget_row = b.add_row(in_cols, np.ones(n), -np.inf, np.inf, "budget")
         model = b.model(np.zeros(b.n_cols), 0.0, (), f"iprop_layer_{data.k}")
         self.data = data
@@ -196,11 +203,11 @@ class BinaryMilp:
         s.set_objective(self.unit_cols, np.where(soft, gain * desired, 0.0))
         need = np.maximum(np.where(desired > 0, d.theta + d.margin - s0, s0 - d.theta + d.delta), 1.0)
         per_step = np.where(target, credit * weights / need, 0.0)
-        s.set_objective(self.up, np.where(desired > 0, per_step, 0.0))
-        s.set_objective(self.down, np.where(desired < 0, per_step, 0.0))
+        for name, want in (("up", desired > 0), ("down", desired < 0)):
+            s.set_objective(self.progress[name][0], np.where(want, per_step, 0.0))
         if cost is not None:
             s.set_objective(np.arange(len(inp)), -np.asarray(cost) * (1.0 - 2.0 * inp))
-        start = np.concatenate([inp, on, np.zeros(2 * len(on))])
+        start = np.concatenate([inp, on, np.zeros(4 * len(on))])
         sol = s.solve(time_limit=max(time_limit, 0.01), start=start)
         if not sol.has_solution:
             return None
@@ -210,10 +217,11 @@ class BinaryMilp:
         """Progress columns: at most ``need`` towards a credited target's side, 0 otherwise."""
         s, m = self.session, len(s0)
         cap = np.where(credited, np.ceil(np.maximum(need, 0.0)), 0.0)
-        s.set_col_bounds(self.up, self.floor, np.where(desired > 0, cap, 0.0))
-        s.set_col_bounds(self.down, self.floor, np.where(desired < 0, cap, 0.0))
-        s.set_row_bounds(self.up_rows, np.full(m, -np.inf), -s0)
-        s.set_row_bounds(self.down_rows, np.full(m, -np.inf), s0)
+        for name, want in (("up", desired > 0), ("down", desired < 0)):
+            t, z, gap, sign, big = self.progress[name]
+            s.set_col_bounds(t, np.zeros(m), np.where(want, cap, 0.0))
+            s.set_col_bounds(z, np.zeros(m), np.where(want & (cap > 0), 1.0, 0.0))
+            s.set_row_bounds(gap, np.full(m, -np.inf), big - sign * s0)
 
 
 class InputLp:
