@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
-"""Forward throughput: bnnmip's ``BNN.logits`` against onnxruntime, in the same run, same inputs.
+"""Forward speed: bnnmip's ``BNN.logits`` against single-threaded onnxruntime, side by side, at the
+batch sizes attacks use (1, 16, 256 rows) and at 10,000 rows, on every model of the zoo.
 
-For each Fashion-MNIST architecture of the model zoo: a batch of 10,000 inputs (the shipped test
-images tiled, float32, shape (n, 1, 28, 28)), timed ``--reps`` times alternately in bnnmip and in
-onnxruntime (default session options: all graph optimizations, its own thread pool,
-CPUExecutionProvider), with a short rest before each run: onnxruntime's pool threads spin for a
-while after a run and would slow down whatever runs next.  The table gives the median times and
-the ratio of throughputs bnnmip / onnxruntime (> 1: bnnmip is faster), as the median over the
-repetitions of the ratio of each repetition's two adjacent runs, with its quartiles.
+onnxruntime runs the original ONNX file with ``intra_op_num_threads = inter_op_num_threads = 1``
+and its default graph optimizations, CPUExecutionProvider.  Inputs are the model's shipped test
+slice (Fashion-MNIST or MNIST) tiled to the batch size, float32, shape (n, 1, 28, 28).  For every
+model and size, the two engines are timed alternately (the order flips at every repetition, after
+warm-up) and each sample is the mean of a few back-to-back calls, as an attack makes them (``--calls``:
+more for small batches).  The ratio is onnxruntime's time over bnnmip's for the two adjacent samples
+of one repetition (> 1: bnnmip is faster); the table gives its median and quartiles over the
+repetitions, and the median times.  bnnmip runs single-threaded below 2,048 rows; from 2,048 rows
+on it splits the batch over its thread pool (``$BNNMIP_THREADS``, default: every CPU it may use).
 
-The second table documents the choice of the float32 product for the ±1 hidden layers: the same
+The second table is the floor under the first: the first layer's float32 product alone, in numpy
+(OpenBLAS, as bnnmip computes it, one thread) and as a one-node ONNX MatMul in single-threaded
+onnxruntime (MLAS, weights packed once), interleaved the same way.
+
+The third table documents the choice of the float32 product for the ±1 hidden layers: the same
 hidden-layer products (from the real first-layer outputs of the same batch) computed as a float32
 matrix product and as bit-packed XNOR-popcount (``np.bitwise_count`` on uint64 words, packing
-included), both on one thread, checked to agree exactly.
+included), both on one thread, checked to agree exactly, at each batch size.
 
-    python benchmarks/forward.py                  # all eight architectures, batch 10,000
-    python benchmarks/forward.py --quick          # a smoke run: two models, batch 600
-    python benchmarks/forward.py --json out.json  # also write the numbers as JSON
+    python benchmarks/forward.py                       # all 16 models, 1 / 16 / 256 / 10,000 rows
+    python benchmarks/forward.py --quick               # a smoke run: two models, 1 / 16 / 600 rows
+    python benchmarks/forward.py --json out.json       # also write the numbers as JSON
 """
 
 from __future__ import annotations
@@ -39,43 +46,91 @@ from bnnmip.threads import n_threads, single_threaded_blas
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 ARCHS = ("2x100", "2x200", "2x300", "2x400", "2x500", "3x100", "4x100", "5x100")
+DATASETS = {"fmnist": "fmnist_test100.npz", "mnist": "mnist_test1000.npz"}
+SIZES = (1, 16, 256, 10_000)
 
 
-def batch(n: int) -> np.ndarray:
-    """The shipped Fashion-MNIST test images tiled to ``n`` rows, float32 in [0, 1], (n, 1, 28, 28)."""
-    images = load_npz(MODELS / "fmnist_test100.npz").images
+def batch(dataset: str, n: int) -> np.ndarray:
+    """The dataset's shipped test images tiled to ``n`` rows, float32 in [0, 1], shape (n, 1, 28, 28)."""
+    images = load_npz(MODELS / DATASETS[dataset]).images
     tiled = np.tile(images, (-(-n // len(images)), 1))[:n]
     return (tiled.astype(np.float32) / np.float32(255)).reshape(n, 1, 28, 28)
 
 
-def timed(fn) -> float:
+def single_threaded_session(source: Path | bytes) -> ort.InferenceSession:
+    """onnxruntime on one thread (intra- and inter-op), default graph optimizations, on a file or model bytes."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def calls_per_sample(n: int) -> int:
+    """Back-to-back calls per timed sample: about a millisecond's worth for small batches."""
+    return 50 if n == 1 else 10 if n <= 16 else 3 if n <= 256 else 1
+
+
+def timed(fn, calls: int) -> float:
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
 
 
-def forward_row(arch: str, X: np.ndarray, reps: int, pause: float) -> dict:
-    """Median times of bnnmip and onnxruntime on ``X``, interleaved so both see the same load."""
-    path = MODELS / f"fmnist_{arch}.onnx"
+def paired(ours, theirs, reps: int, pause: float, calls: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call times of ``ours`` and ``theirs``, one sample each per repetition, the order flipping every time."""
+    times: tuple[list, list] = ([], [])
+    for rep in range(reps):
+        for k in (0, 1) if rep % 2 == 0 else (1, 0):
+            if pause:
+                time.sleep(pause)
+            times[k].append(timed((ours, theirs)[k], calls))
+    return np.array(times[0]), np.array(times[1])
+
+
+def forward_row(model: str, n: int, reps: int, pause: float) -> dict:
+    """Paired, interleaved timings of bnnmip and single-threaded onnxruntime on ``n`` rows of ``model``."""
+    path = MODELS / f"{model}.onnx"
     net = bnnmip.load_onnx(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = single_threaded_session(path)
     name = session.get_inputs()[0].name
+    X = batch(model.split("_")[0], n)
     ours = net.logits(X)  # warm-up (caches, thread pool, buffers)
     (theirs,) = session.run(None, {name: X})
     agree = int(np.sum(np.argmax(ours, 1) == np.argmax(theirs, 1)))
-    t_bnnmip, t_ort = [], []
-    for rep in range(reps):
-        runs = [(t_bnnmip, lambda: net.logits(X)), (t_ort, lambda: session.run(None, {name: X}))]
-        for times, fn in runs if rep % 2 == 0 else runs[::-1]:
-            time.sleep(pause)  # onnxruntime's threads spin for a while after a run
-            times.append(timed(fn))
-    tb, to = float(np.median(t_bnnmip)), float(np.median(t_ort))
-    # Each repetition's two runs are adjacent in time: the median of their ratios cancels the
-    # slower swings of a shared machine's load better than the ratio of the two medians.
-    paired = np.array(t_ort) / np.array(t_bnnmip)
-    return {"arch": arch, "n": len(X), "bnnmip_s": tb, "ort_s": to, "ratio": float(np.median(paired)),
-            "ratio_q1": float(np.percentile(paired, 25)), "ratio_q3": float(np.percentile(paired, 75)),
-            "agree": agree}
+    calls = calls_per_sample(n)
+    t_bnnmip, t_ort = paired(lambda: net.logits(X), lambda: session.run(None, {name: X}), reps, pause, calls)
+    ratio = t_ort / t_bnnmip
+    return {"model": model, "n": n, "bnnmip_s": float(np.median(t_bnnmip)), "ort_s": float(np.median(t_ort)),
+            "ratio": float(np.median(ratio)), "ratio_q1": float(np.percentile(ratio, 25)),
+            "ratio_q3": float(np.percentile(ratio, 75)), "agree": agree, "calls": calls}
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} µs" if seconds < 1e-2 else f"{seconds * 1e3:,.1f} ms"
+
+
+# ---------------------------------------------------------------------- the first layer's product alone
+def product_row(width: int, n: int, reps: int, pause: float) -> dict:
+    """The float32 product (n, 784) @ (784, width) of ±1 weights: numpy/OpenBLAS vs onnxruntime/MLAS."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(width)
+    W = np.where(rng.random((784, width)) < 0.5, np.float32(-1), np.float32(1))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "product",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 784])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+                              [numpy_helper.from_array(W, "W")])
+    session = single_threaded_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                      .SerializeToString())
+    X = batch("fmnist", n).reshape(n, 784)
+    out = np.empty((n, width), np.float32)
+    with single_threaded_blas():
+        t_numpy, t_ort = paired(lambda: np.dot(X, W, out=out), lambda: session.run(None, {"x": X}), reps, pause,
+                                calls_per_sample(n))
+    return {"width": width, "n": n, "numpy_s": float(np.median(t_numpy)), "ort_s": float(np.median(t_ort)),
+            "ratio": float(np.median(t_ort / t_numpy))}
 
 
 # ---------------------------------------------------------------------- XNOR-popcount alternative
@@ -114,7 +169,8 @@ def popcount_product(H: np.ndarray, W_bits: np.ndarray, fan_in: int, rows: int =
 
 
 def popcount_row(arch: str, X: np.ndarray, reps: int) -> dict:
-    """Times of the ±1 hidden layers' products: float32 BLAS vs XNOR-popcount, one thread each."""
+    """Times of the ±1 hidden layers' products on the batch ``X``: float32 BLAS vs XNOR-popcount, one thread each."""
+    X = X.reshape(len(X), -1)
     net = bnnmip.load_onnx(MODELS / f"fmnist_{arch}.onnx")
     acts = net.forward(X).post  # the exact ±1 inputs of every hidden layer
     layers = [(layer, acts[i].astype(np.float32)) for i, layer in enumerate(net.layers[1:])]
@@ -136,59 +192,75 @@ def popcount_row(arch: str, X: np.ndarray, reps: int) -> dict:
             t_f32.append(f32)
             t_pop.append(pop)
     tf, tp = float(np.median(t_f32)), float(np.median(t_pop))
-    return {"arch": arch, "hidden_layers": len(layers), "float32_s": tf, "popcount_s": tp, "slowdown": tp / tf}
+    return {"arch": arch, "n": len(X), "hidden_layers": len(layers), "float32_s": tf, "popcount_s": tp,
+            "slowdown": tp / tf}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=10_000, help="inputs per forward pass (default 10,000)")
-    parser.add_argument("--reps", type=int, default=15, help="timed repetitions per engine (default 15)")
-    parser.add_argument("--pause", type=float, default=0.1,
-                        help="seconds of rest before each timed run (default 0.1), so that neither engine "
-                             "runs while the other's threads still spin")
-    parser.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2x100 and 3x100, batch 600, 2 reps")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes (default 1,16,256,10000)")
+    parser.add_argument("--reps", type=int, default=15, help="paired repetitions per model and size (default 15)")
+    parser.add_argument("--pause", type=float, default=0.02,
+                        help="seconds of rest before each timed sample (default 0.02)")
+    parser.add_argument("--models", default=",".join(f"{d}_{a}" for d in DATASETS for a in ARCHS),
+                        help="comma-separated models of the zoo (default: all 16)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: two models, 1 / 16 / 600 rows, 3 reps")
+    parser.add_argument("--no-product", action="store_true", help="skip the first layer's product alone")
     parser.add_argument("--no-popcount", action="store_true", help="skip the XNOR-popcount comparison")
     parser.add_argument("--json", help="write the numbers to this file too")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.reps, args.archs = 600, 2, "2x100,3x100"
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    unknown = sorted(set(archs) - set(ARCHS))
-    if unknown or args.batch < 1 or args.reps < 1:
-        parser.error(f"--archs must be among {','.join(ARCHS)} (got {unknown}); --batch and --reps >= 1")
+        args.sizes, args.reps, args.models = "1,16,600", 3, "fmnist_2x100,mnist_3x100"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+    unknown = [m for m in models if not (MODELS / f"{m}.onnx").is_file() or m.split("_")[0] not in DATASETS]
+    if unknown or args.reps < 1 or not sizes or min(sizes) < 1:
+        parser.error(f"--models must be zoo models (unknown: {unknown}); --reps and --sizes >= 1")
 
-    X = batch(args.batch)
-    print(f"bnnmip {bnnmip.__version__}, numpy {np.__version__}, onnxruntime {ort.__version__}, "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs, bnnmip threads {n_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"batch {args.batch:,} float32 inputs (shipped Fashion-MNIST test images tiled), "
-          f"{args.reps} interleaved repetitions, {args.pause:g} s rest before each\n")
-    print(f"{'arch':>6} {'bnnmip ms':>10} {'ort ms':>9} {'bnnmip img/s':>13} {'ort img/s':>11} "
-          f"{'ratio':>6} {'(IQR)':>11} {'agree':>7}")
+    print(f"bnnmip {bnnmip.__version__}, numpy {np.__version__}, onnxruntime {ort.__version__} (1 thread), "
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs, bnnmip threads {n_threads()} "
+          f"(from 2,048 rows), load average {os.getloadavg()[0]:.2f}")
+    print(f"{args.reps} paired repetitions per model and size, order alternating; a sample is the mean of "
+          f"back-to-back calls\n")
+    print(f"{'model':<14} {'rows':>6} {'bnnmip':>10} {'ort':>10} {'ratio':>6} {'(IQR)':>11} {'agree':>7}")
     rows = []
-    for arch in archs:
-        r = forward_row(arch, X, args.reps, args.pause)
-        rows.append(r)
-        print(f"{arch:>6} {r['bnnmip_s'] * 1e3:10.1f} {r['ort_s'] * 1e3:9.1f} {r['n'] / r['bnnmip_s']:13,.0f} "
-              f"{r['n'] / r['ort_s']:11,.0f} {r['ratio']:6.2f} {r['ratio_q1']:5.2f}-{r['ratio_q3']:<5.2f} "
-              f"{r['agree']:>7}", flush=True)
-    worst = min(r["ratio"] for r in rows)
-    print(f"\nratio = bnnmip throughput / onnxruntime throughput: median (and quartiles) over the repetitions of "
-          f"the two adjacent runs' time ratio; worst {worst:.2f} (target >= 1.0)")
+    for model in models:
+        for n in sizes:
+            r = forward_row(model, n, args.reps, args.pause)
+            rows.append(r)
+            print(f"{model:<14} {n:>6} {_time(r['bnnmip_s']):>10} {_time(r['ort_s']):>10} {r['ratio']:6.2f} "
+                  f"{r['ratio_q1']:5.2f}-{r['ratio_q3']:<5.2f} {r['agree']:>7}", flush=True)
+    worst = min(rows, key=lambda r: r["ratio"])
+    print(f"\nratio = onnxruntime time / bnnmip time (> 1: bnnmip is faster), median and quartiles over the "
+          f"repetitions; worst {worst['ratio']:.2f} ({worst['model']}, {worst['n']} rows); "
+          f"load average now {os.getloadavg()[0]:.2f}")
+
+    products = []
+    if not args.no_product:
+        widths = sorted({int(m.split("x")[1]) for m in models})
+        print("\nThe first layer's product alone, one thread: numpy (OpenBLAS) vs a MatMul in onnxruntime (MLAS)")
+        print(f"{'width':>6} {'rows':>6} {'numpy':>10} {'ort':>10} {'ratio':>6}")
+        for width in widths:
+            for n in sizes:
+                r = product_row(width, n, args.reps, args.pause)
+                products.append(r)
+                print(f"{width:>6} {n:>6} {_time(r['numpy_s']):>10} {_time(r['ort_s']):>10} {r['ratio']:6.2f}",
+                      flush=True)
 
     pop = []
     if not args.no_popcount:
+        archs = sorted({m.split("_")[1] for m in models}, key=ARCHS.index)
         print("\n±1 hidden layers, one thread: float32 BLAS product vs bit-packed XNOR-popcount (packing included)")
-        print(f"{'arch':>6} {'layers':>6} {'float32 ms':>11} {'popcount ms':>12} {'popcount/f32':>13}")
+        print(f"{'arch':>6} {'rows':>6} {'layers':>6} {'float32':>10} {'popcount':>10} {'popcount/f32':>13}")
         for arch in archs:
-            r = popcount_row(arch, X, args.reps)
-            pop.append(r)
-            print(f"{arch:>6} {r['hidden_layers']:>6} {r['float32_s'] * 1e3:11.1f} {r['popcount_s'] * 1e3:12.1f} "
-                  f"{r['slowdown']:13.2f}", flush=True)
+            for n in sizes:
+                r = popcount_row(arch, batch("fmnist", n), args.reps)
+                pop.append(r)
+                print(f"{arch:>6} {n:>6} {r['hidden_layers']:>6} {_time(r['float32_s']):>10} "
+                      f"{_time(r['popcount_s']):>10} {r['slowdown']:13.2f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"forward": rows, "popcount": pop, "batch": args.batch,
-                                               "reps": args.reps}, indent=2))
+        Path(args.json).write_text(json.dumps({"forward": rows, "product": products, "popcount": pop, "sizes": sizes,
+                                               "reps": args.reps, "load_average": os.getloadavg()}, indent=2))
     return 0
 
 

@@ -12,7 +12,7 @@ from . import backends  # registers the solver backends with bnnmip.milp
 from .attacks import METHODS, AttackResult, attack
 from .attacks.minimal_eps import MinimalEpsResult, minimal_eps
 from .bounds import LayerBounds, interval_bounds
-from .box import DEFAULT_LEVELS, InputBox, input_box
+from .box import DEFAULT_LEVELS, InputBox, Radius, grid_radius, input_box
 from .errors import (
     BnnmipError,
     DatasetNotFoundError,
@@ -31,6 +31,7 @@ from .milp.model import MilpModel
 from .milp.solution import MilpSolution
 from .network import BNN, InputBinarization, Layer
 from .status import SearchStatus, SolveStatus, Verdict
+from .verify import verify
 from .version import __version__
 
 __all__ = [
@@ -42,10 +43,12 @@ __all__ = [
     "BNN",
     "Capabilities",
     "InputBox",
+    "Radius",
     "SearchStatus",
     "SolveStatus",
     "Verdict",
     "backends",
+    "grid_radius",
     "input_box",
     "BnnmipError",
     "DatasetNotFoundError",
@@ -66,6 +69,7 @@ __all__ = [
     "check_onnx",
     "datasets",
     "interval_bounds",
+    "verify",
     "load_onnx",
     "minimal_eps",
     "onnx_logits",

@@ -46,7 +46,7 @@ def fix_units(lower: np.ndarray, upper: np.ndarray, threshold: np.ndarray) -> np
     return np.where(lower >= threshold, 1, np.where(upper < threshold, -1, 0)).astype(np.int8)
 
 
-def stage_bounds(layer: Layer, prev: LayerBounds | None, box: InputBox) -> tuple[np.ndarray, np.ndarray]:
+def stage_bounds(layer: Layer, prev: LayerBounds | None, box: InputBox | None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of one layer's pre-activation from the previous stage's fixed units (or the box)."""
     if not layer.integer:
         return _real_bounds(layer.weight, box.lower, box.upper)
@@ -77,3 +77,16 @@ def interval_bounds_from_box(net: BNN, box: InputBox) -> list[LayerBounds]:
         L, U = stage_bounds(layer, out[-1] if out else None, box)
         out.append(LayerBounds(L, U, fix_units(L, U, layer.threshold)))
     return out
+
+
+def propagate_bounds(net: BNN, stage: int, bounds: LayerBounds) -> list[LayerBounds]:
+    """Interval bounds of the stages after ``stage`` (of ``net.threshold_stages``) from that stage's bounds.
+
+    Only the ±1 stages after it are computed (their bounds depend on the fixed pattern of the stage
+    before, not on the box): what branch-and-bound re-runs below a node that fixes some units.
+    """
+    out = [bounds]
+    for layer in net.threshold_stages[stage + 1:]:
+        L, U = stage_bounds(layer, out[-1], None)
+        out.append(LayerBounds(L, U, fix_units(L, U, layer.threshold)))
+    return out[1:]

@@ -39,6 +39,54 @@ def check_input(net: BNN, x) -> np.ndarray:
     return np.clip(X[0], lo, hi)
 
 
+@dataclass(frozen=True)
+class Radius:
+    """An L∞ radius as asked and as searched: on a grid, the whole grid steps within it.
+
+    ``str()`` reads ``5/255 = 0.0196`` on the 8-bit grid of [0, 1] (``5 steps of 0.5 = 2.5`` on another
+    range), ``0.02`` when continuous; :meth:`describe` adds what was asked when it differs.
+    """
+
+    asked: float
+    steps: int | None = None  # None: continuous
+    levels: int | None = None
+    step: float | None = None
+
+    @property
+    def value(self) -> float:
+        """The radius searched: ``steps * step`` on a grid, the asked radius when continuous."""
+        return self.asked if self.steps is None else self.steps * self.step
+
+    def __str__(self) -> str:
+        if self.steps is None:
+            return f"{self.asked:.3g}"
+        if abs(self.step * self.levels - 1.0) < 1e-12:
+            return f"{self.steps}/{self.levels} = {self.value:.3g}"
+        return f"{self.steps} steps of {self.step:.3g} = {self.value:.3g}"
+
+    def describe(self) -> str:
+        """``str()``, then '(asked 0.02)' when the grid rounded the asked radius down, or '(continuous)'."""
+        if self.steps is None:
+            return f"{self} (continuous)"
+        if abs(self.value - self.asked) > _GRID_TOL * self.step:
+            return f"{self} (asked {self.asked:g})"
+        return str(self)
+
+    def to_dict(self) -> dict:
+        return {"asked": self.asked, "searched": self.value, "steps": self.steps, "levels": self.levels,
+                "step": self.step}
+
+
+def grid_radius(eps, levels: int | None, input_range: tuple[float, float] = (0.0, 1.0)) -> Radius:
+    """``eps`` on the grid of ``levels`` steps over ``input_range``: the whole steps within it (None: continuous)."""
+    eps, levels = check_eps(eps), check_levels(levels)
+    if levels is None:
+        return Radius(eps)
+    lo, hi = input_range
+    step = (hi - lo) / levels
+    return Radius(eps, int(np.floor(eps / step + _GRID_TOL)), levels, step)
+
+
 @dataclass(frozen=True, eq=False)
 class InputBox:
     """The set of inputs an attack may use: ``lower <= x <= upper``, on the grid ``origin + k * step``
@@ -50,6 +98,7 @@ class InputBox:
     k_upper: np.ndarray | None = None
     step: float | None = None
     origin: float = 0.0  # the input range's lower end: grid point k is origin + k * step
+    radius: Radius | None = None  # the radius it was made for
 
     @property
     def on_grid(self) -> bool:
@@ -109,12 +158,13 @@ def input_box(net: BNN, x, eps, levels: int | None = None) -> InputBox:
     levels = check_levels(levels) or net.levels
     lo, hi = net.input_range
     lower, upper = np.maximum(x - eps, lo), np.minimum(x + eps, hi)
+    radius = grid_radius(eps, levels, net.input_range)
     if levels is None:
-        return InputBox(lower, upper, origin=lo)
+        return InputBox(lower, upper, origin=lo, radius=radius)
     step = (hi - lo) / levels
     k_lower = np.ceil((lower - lo) / step - _GRID_TOL).astype(np.int64)
     k_upper = np.floor((upper - lo) / step + _GRID_TOL).astype(np.int64)
     if np.any(k_lower > k_upper):
         i = int(np.flatnonzero(k_lower > k_upper)[0])
         raise InvalidArgumentError(f"x: input {i} = {x[i]!r} has no grid point within eps={eps:g}")
-    return InputBox(lo + k_lower * step, lo + k_upper * step, k_lower, k_upper, step, lo)
+    return InputBox(lo + k_lower * step, lo + k_upper * step, k_lower, k_upper, step, lo, radius)

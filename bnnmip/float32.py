@@ -37,8 +37,8 @@ def _ones(n: int) -> np.ndarray:
     return ones
 
 
-def near_threshold(margin: np.ndarray, row_tol: np.ndarray, threshold_tol: np.ndarray, threshold_tol_max: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def near_threshold(margin: np.ndarray, row_tol: np.ndarray, threshold_tol: np.ndarray, threshold_tol_max: float,
+                   distance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     r"""(rows, columns) of a float32 margin ``a - θ`` whose sign float32 rounding could have changed.
 
     Any float32 dot product of n terms, whatever its summation order (with or without FMA), is
@@ -47,6 +47,7 @@ def near_threshold(margin: np.ndarray, row_tol: np.ndarray, threshold_tol: np.nd
     :math:`|a_{32} - a| \le \gamma_{n+2} \max|w| \sum_i |x_i|` = ``row_tol`` per row (with room for
     the rounding of the float32 row sum); :math:`\theta` itself is rounded to float32 within
     ``threshold_tol`` :math:`= 8u(|\theta| + 1)`.  A unit is near when its margin is within the sum of both.
+    ``distance`` may pass :math:`|m|` in when the caller has it.
     """
     largest = row_tol.max(initial=0)
     overflow = None
@@ -55,7 +56,7 @@ def near_threshold(margin: np.ndarray, row_tol: np.ndarray, threshold_tol: np.nd
         row_tol[overflow] = 0
         largest = row_tol.max(initial=0)
     # One coarse test with the chunk's largest tolerance, then the exact one on the few candidates.
-    dist = np.abs(margin, out=buffer(4, margin.shape, np.float32))
+    dist = np.abs(margin, out=buffer(4, margin.shape, np.float32)) if distance is None else distance
     coarse = np.less_equal(dist, largest + threshold_tol_max, out=buffer(5, margin.shape, np.bool_))
     if overflow is not None:
         coarse[overflow] = True

@@ -29,9 +29,11 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .float32 import near_threshold, row_abs_sum, unit_signs
-from .threads import blas_limit, buffer, run_chunks
+from .fused import FusedForward
+from .threads import CHUNK_ROWS, buffer, run_chunks, single_threaded_blas
 
 _U32 = 2.0**-24  # unit roundoff of float32
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check_finite(X: np.ndarray, name: str) -> None:
@@ -276,7 +278,7 @@ class BNN:
         """
         inp = self.as_batch(X)
         pre, post = [], []
-        with blas_limit(len(inp)):
+        with single_threaded_blas():
             for stage in self.threshold_stages:
                 a = stage.pre_activation(inp)
                 inp = np.where(a >= stage.threshold, np.int8(1), np.int8(-1))
@@ -288,22 +290,44 @@ class BNN:
     def logits(self, X) -> np.ndarray:
         """Logits ``A h_D + c`` of a batch (n, n_classes), float64.
 
-        The fast path: float32 matrix products with exact decisions (see :meth:`Layer.signs`), in
-        row chunks (:func:`chunk_rows`) on :func:`n_threads` threads with single-threaded BLAS.
-        It decides every unit as :meth:`forward` does (up to float64 rounding on a real layer,
-        i.e. for pre-activations within about 1e-13 of a threshold); float32 inputs are taken
-        as they are, others are read in float64.
+        The fast path: one float32 matrix product and one sign per layer with exact decisions (see
+        :mod:`bnnmip.fused`, and :meth:`Layer.signs` for inputs that kernel does not take), with
+        single-threaded BLAS; batches of :data:`~bnnmip.threads.PARALLEL_ROWS` rows or more run in
+        row chunks on :func:`~bnnmip.threads.n_threads` threads.  It decides every unit as
+        :meth:`forward` does (up to float64 rounding on a real layer, i.e. for pre-activations
+        within about 1e-13 of a threshold); float32 inputs are taken as they are, others are read
+        in float64.
         """
         X = np.asarray(X)
-        # NaN and inf are caught chunk by chunk (from the row sums), not in a pass of their own.
-        X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
+        if X.dtype not in _FLOATS or X.shape[1:] not in (self._flat_shape, self.input_shape):
+            # NaN and inf are caught chunk by chunk, not in a pass of their own.
+            X = self.as_batch(X, dtype=np.float32 if X.dtype == np.float32 else np.float64, check_finite=False)
+        elif X.ndim != 2:
+            X = X.reshape(len(X), -1)
         out = np.empty((len(X), self.n_classes))
-        with blas_limit(len(X)):
-            run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
+        with single_threaded_blas():
+            if len(X) <= CHUNK_ROWS:
+                self._logits_chunk(X, out)
+            else:
+                run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
         return out
 
+    @cached_property
+    def _flat_shape(self) -> tuple[int]:
+        return (self.n_inputs,)
+
+    @cached_property
+    def _fused(self) -> FusedForward | None:
+        return FusedForward.of(self)
+
     def _logits_chunk(self, x: np.ndarray, out: np.ndarray) -> None:
-        """:meth:`logits` of the rows ``x`` into ``out``, in per-thread buffers."""
+        """:meth:`logits` of the rows ``x`` into ``out``: the fused kernel, else the general path."""
+        fused = self._fused
+        if fused is None or not fused(x, out):
+            self._logits_general(x, out)
+
+    def _logits_general(self, x: np.ndarray, out: np.ndarray) -> None:
+        """:meth:`logits` of the rows ``x`` into ``out``, layer by layer in per-thread buffers."""
         r = len(x)
         x64 = x if x.dtype == np.float64 else None
         x32 = x

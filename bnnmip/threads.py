@@ -1,18 +1,20 @@
 """The fast path's machinery: a small thread pool, BLAS held to one thread, per-thread scratch buffers.
 
-The fast forward pass (:meth:`bnnmip.network.BNN.logits`) splits a batch into row chunks run on a
-small thread pool (numpy releases the GIL in BLAS and ufunc loops), with BLAS itself held to one
-thread: a multi-threaded OpenBLAS on a busy machine spends milliseconds waking its threads for
-every small product.  The attacks, which multiply small batches, hold BLAS to one thread too.
+The fast forward pass (:meth:`bnnmip.network.BNN.logits`) splits a batch of more than
+:data:`PARALLEL_ROWS` rows into row chunks run on a small thread pool (numpy releases the GIL in
+BLAS and ufunc loops), with BLAS itself held to one thread: a multi-threaded OpenBLAS on a busy
+machine spends milliseconds waking its threads for every small product.  The attacks, which
+multiply small batches, hold BLAS to one thread too.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -20,11 +22,10 @@ CHUNK_ROWS = 512  # rows per task of the fast path (measured: 256 to 2048 are wi
 # Smaller batches run on the calling thread alone: on a busy machine, waiting for a helper thread
 # that was preempted in the middle of its chunk costs milliseconds.
 PARALLEL_ROWS = 2048
-_BLAS_THREADED_ROWS = 16  # OpenBLAS runs products of fewer rows on one thread anyway
 
 
 _BLAS = threading.Lock()
-_blas_state: dict = {"depth": 0, "limiter": None}
+_blas_state: dict = {"depth": 0, "saved": [], "libraries": [], "modules": -1}
 _pool_state: dict = {"pool": None}
 _local = threading.local()
 
@@ -40,32 +41,62 @@ def n_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@contextmanager
-def single_threaded_blas():
-    """Hold every BLAS library numpy uses to one thread inside the block.
+def _blas_libraries() -> list[tuple[Callable[[], int], Callable[[int], object]]]:
+    """(get, set) thread-count functions of every BLAS library loaded in this process.
 
-    Re-entrant and thread-safe: the first thread in sets the limit, the last one out restores it.
+    Scanning the loaded libraries (threadpoolctl) costs about a millisecond, so a scan is kept
+    until a module is imported (which may load another BLAS, such as scipy's own).  OpenBLAS is
+    driven through its own C functions (well under a microsecond a call, from any thread); other
+    libraries through threadpoolctl.
     """
-    with _BLAS:
-        if _blas_state["depth"] == 0:
-            from threadpoolctl import ThreadpoolController
+    modules = len(sys.modules)
+    if _blas_state["modules"] != modules:
+        from threadpoolctl import ThreadpoolController  # third-party; scanned only when needed
 
-            # A fresh controller (~1 ms) also sees BLAS libraries loaded since the last call (scipy's own).
-            _blas_state["limiter"] = ThreadpoolController().limit(limits=1, user_api="blas")
-        _blas_state["depth"] += 1
-    try:
-        yield
-    finally:
+        libraries = []
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            symbol = getattr(lib, "_get_symbol", None)
+            raw = (None, None)
+            if lib.internal_api == "openblas" and symbol is not None and lib.threading_layer != "openmp":
+                raw = (symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads"))
+            libraries.append(raw if None not in raw else (lib.get_num_threads, lib.set_num_threads))
+        _blas_state.update(libraries=libraries, modules=modules)
+    return _blas_state["libraries"]
+
+
+class _SingleThreadedBlas:
+    """The context manager of :func:`single_threaded_blas` (a class: entering costs about a microsecond)."""
+
+    def __enter__(self) -> None:
+        with _BLAS:
+            if _blas_state["depth"] == 0:
+                saved = []
+                for get, set_ in _blas_libraries():
+                    threads = get()
+                    if threads != 1:
+                        set_(1)
+                        saved.append((set_, threads))
+                _blas_state["saved"] = saved
+            _blas_state["depth"] += 1
+
+    def __exit__(self, *exc) -> None:
         with _BLAS:
             _blas_state["depth"] -= 1
             if _blas_state["depth"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
+                for set_, threads in _blas_state["saved"]:
+                    set_(threads)
+                _blas_state["saved"] = []
 
 
-def blas_limit(n_rows: int):
-    """:func:`single_threaded_blas` for batches big enough for BLAS to use threads, else nothing."""
-    return single_threaded_blas() if n_rows >= _BLAS_THREADED_ROWS else nullcontext()
+_SINGLE_THREADED_BLAS = _SingleThreadedBlas()
+
+
+def single_threaded_blas() -> _SingleThreadedBlas:
+    """Hold every BLAS library numpy uses to one thread inside the ``with`` block.
+
+    Re-entrant and thread-safe: the first thread in sets the limit, the last one out restores it.
+    """
+    return _SINGLE_THREADED_BLAS
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -80,7 +111,7 @@ def _reset_after_fork() -> None:
     """A forked child has none of the parent's threads: no pool, no lock holder, no BLAS limit to undo."""
     global _BLAS
     _BLAS = threading.Lock()
-    _blas_state.update(depth=0, limiter=None)
+    _blas_state.update(depth=0, saved=[])
     _pool_state.update(pool=None)
 
 
@@ -102,11 +133,11 @@ def run_chunks(work, n_rows: int) -> None:
     The calling thread works too, and every thread takes the next chunk when it is free: on a busy
     machine a helper that is slow to wake up finds the chunks done, rather than being waited for.
     """
-    size = chunk_rows(n_rows)
-    n_chunks = -(-n_rows // size)
-    if n_chunks == 1:
+    if n_rows <= CHUNK_ROWS:
         work(0, n_rows)
         return
+    size = chunk_rows(n_rows)
+    n_chunks = -(-n_rows // size)
     next_chunk = itertools.count().__next__  # atomic under the GIL
 
     def drain() -> None:

@@ -128,6 +128,27 @@ def test_objective_constant_reads_the_same_in_both_readers(sense, offset, optimu
     assert ("RHS  OBJ" in mps.read_text()) == bool(offset)
 
 
+@pytest.mark.parametrize("seed", [3, 11, 24, 38, 57, 71])
+def test_both_readers_reach_the_optimum_at_every_radius(seed, tmp_path):
+    """The .mps and .lp files read back by HiGHS and SCIP give the brute-force optimum at radius 0 (every
+    unit fixed: a model without columns), one step, and the whole input range."""
+    c = cached_case(seed)
+    fixed = 0
+    for steps in (0, 1, c.levels):
+        for target in (t for t in range(c.net.n_classes) if t != c.label):
+            model = attack_milp(c.net, c.x, steps * c.step, target)
+            fixed += model.num_cols == 0
+            truth = c.best_objective(steps, target)
+            assert model.solve("highs", time_limit=LIMIT).objective == pytest.approx(truth, abs=1e-6)
+            for suffix in (".mps", ".lp"):
+                path = model.write(tmp_path / f"m{suffix}")
+                for read in (read_with_highs, read_with_scip):
+                    status, value, _ = read(path)
+                    assert value == pytest.approx(truth, abs=1e-6), \
+                        f"{c.describe()}, radius {steps}, target {target}: {read.__name__}({suffix}) {status} {value}"
+    assert fixed > 0  # radius 0 fixes every unit
+
+
 # ---------------------------------------------------------------------------------------------- time limits
 @pytest.fixture(scope="module")
 def deep_net():

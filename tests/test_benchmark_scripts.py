@@ -72,3 +72,15 @@ def test_bench_scaling_runs_both_cluster_sizes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 worker(s): 2 jobs" in printed and "2 worker(s): 2 jobs" in printed
     assert "ratio 2 workers / 1 worker" in printed
+
+
+def test_verify_benchmark_quick(tmp_path, capsys):
+    """The exact-engine study in miniature: every route, the agreement check, the table."""
+    out = tmp_path / "out"
+    code = load("verify").main(["--quick", "--workers", "1", "--db", str(tmp_path / "v.sqlite"), "--out", str(out),
+                                "--no-progress", "--no-minimal-eps"])
+    assert code == 0, capsys.readouterr().err  # 1 would mean two routes disagreed
+    table = (out / "verify_quick.md").read_text()
+    for route in ("auto", "bab", "cpsat", "enumerate", "milp/highs", "milp/scip"):
+        assert f" {route} " in table, route
+    assert "DISAGREEMENT" not in table and "UNVERIFIED" not in table

@@ -1,8 +1,9 @@
 """The package's layering, read from the source: every import in ``bnnmip/`` (function-level ones
 included) goes down or sideways within its own layer, and no two modules import each other in a cycle.
 
-    errors, status, timing, validate, version  →  network, threads  →  io | bounds, box  →  milp
-    →  backends  →  attacks  →  bench  →  cli (and the package's own ``__init__``, ``__main__``)
+    errors, status, timing, validate, version, progress  →  network, threads, float32, fused
+    →  io | bounds, box  →  milp  →  backends  →  attacks  →  bench  →  cli (and the package's own
+    ``__init__``, ``__main__``)
 
 Imports under ``if TYPE_CHECKING:`` are annotations only (never executed) and are not counted.
 """
@@ -16,13 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bnnmip"
 
 # (rank, group): an import must go to a lower rank, or stay inside its own group.
 LAYERS = [
-    ("base", ("errors", "status", "timing", "validate", "version")),
-    ("network", ("network", "threads", "float32")),
+    ("base", ("errors", "status", "timing", "validate", "version", "progress")),
+    ("network", ("network", "threads", "float32", "fused")),
     ("io", ("io",)),
     ("bounds", ("bounds", "box")),
     ("milp", ("milp",)),
     ("backends", ("backends",)),
-    ("attacks", ("attacks",)),
+    ("attacks", ("attacks", "verify")),
     ("bench", ("bench",)),
     ("cli", ("cli", "__init__", "__main__")),
 ]

@@ -145,6 +145,21 @@ def test_logits_exact_on_near_threshold_inputs(net, dtype):
     assert np.any(plain[rows, units] != exact)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_near_threshold_decisions_are_exact_at_attack_batch_sizes(net, dtype):
+    """The fused kernel (``bnnmip.fused``) decides these units exactly in batches of 1 to 256 rows too
+    (through a one-layer probe network whose logits are its ±1 outputs)."""
+    layer = net.layers[0]
+    X, units, margins = _near_threshold_inputs(layer, np.random.default_rng(11), 256, [5e-8, -5e-8, 2e-9, -2e-9],
+                                               dtype)
+    probe = bnnmip.BNN((layer,), np.eye(layer.width), np.zeros(layer.width))
+    reference = probe.forward(X).post[0]
+    np.testing.assert_array_equal(reference[np.arange(len(X)), units], np.where(margins >= 0, 1, -1))
+    for size in (1, 2, 16, 17, 256):
+        got = np.vstack([probe.logits(X[s : s + size]) for s in range(0, len(X) if size > 1 else 48, size)])
+        np.testing.assert_array_equal(got, reference[: len(got)], err_msg=f"batches of {size}")
+
+
 def test_few_units_are_recomputed(net):
     """The float64 recomputation is the exception; constant units (infinite thresholds) never need it."""
     rng = np.random.default_rng(10)

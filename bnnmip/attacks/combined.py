@@ -14,6 +14,7 @@ import numpy as np
 from ..box import check_input
 from ..errors import InvalidArgumentError
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import Verdict
 from ..timing import Deadline
 from .iprop import iprop_attack
@@ -28,7 +29,8 @@ PGD_SHARE = 0.2
 BEST_SHARES = (0.05, 0.8)
 
 
-def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str) -> AttackResult:
+def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str,
+           progress: Progress) -> AttackResult:
     """Run ``stages`` ((share, attack, options, warm), ...) in turn within one budget; a ``warm``
     stage starts from the best input any earlier stage found."""
     deadline = Deadline.start(time_limit)
@@ -44,7 +46,7 @@ def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, 
         if share is not None:
             budget = min(budget, share * (deadline.end - deadline.t0))
         offset = deadline.elapsed()
-        kwargs = dict(options, **({"start": start} if warm and start is not None else {}))
+        kwargs = dict(options, progress=progress, **({"start": start} if warm and start is not None else {}))
         result = attack_fn(net, xf, eps, target=target, time_limit=budget, backend=backend, **kwargs)
         trace += [(offset + t, f) for t, f in result.trace if not trace or f > trace[-1][1]]
         details[result.method] = result.details
@@ -58,17 +60,21 @@ def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, 
                    x_best=start, objective=objective if np.isfinite(objective) else last.objective)
 
 
+@reports_progress
 def iprop_pgd_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0,
                      backend: str = "highs", levels: int | None = None, pgd_share: float = PGD_SHARE, seed: int = 0,
-                     **iprop_options) -> AttackResult:
+                     progress: Progress = NO_PROGRESS, **iprop_options) -> AttackResult:
     """PGD for ``pgd_share`` of the budget, then IProp from PGD's best input (the paper's warm start)."""
     common = {"levels": levels, "seed": seed}
     stages = [(pgd_share, pgd_attack, common, False), (None, iprop_attack, {**common, **iprop_options}, True)]
-    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend)
+    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend,
+                  progress=progress)
 
 
+@reports_progress
 def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0, backend: str = "highs",
-                levels: int | None = None, seed: int = 0, threads: int | None = None) -> AttackResult:
+                levels: int | None = None, seed: int = 0, threads: int | None = None,
+                progress: Progress = NO_PROGRESS) -> AttackResult:
     """The recommended default: PGD briefly, then IProp, then the exact MILP warm-started with the
     best input so far for the rest of the budget (which may also prove the input robust).
 
@@ -82,4 +88,5 @@ def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: floa
         (iprop_share, iprop_attack, {**common, "seed": seed, "threads": threads}, False),
         (None, milp_attack, {**common, "threads": threads}, True),
     ]
-    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend)
+    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend,
+                  progress=progress)

@@ -36,6 +36,7 @@ from ..box import check_input, input_box
 from ..errors import InvalidArgumentError
 from ..milp.encoding import pixels_with_bits
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..timing import Deadline
 from ..validate import check_choice
 from .iprop_layers import LayerData, layer_data, layer_solver, solves_lps
@@ -254,6 +255,7 @@ class _IProp:
         return x
 
 
+@reports_progress
 def iprop_attack(
     net: BNN,
     x,
@@ -271,6 +273,7 @@ def iprop_attack(
     sub_time_limit: float = 0.3,
     mip_gap: float = 0.05,
     max_iterations: int | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).
 
@@ -278,7 +281,8 @@ def iprop_attack(
     clean input).  ``solver`` picks how the layer problems are solved: 'local' (native local
     search, the default) or 'milp' (exactly, by ``backend``; ``reuse=False`` rebuilds every
     layer-local model at every solve, to measure what in-place updates save).  IProp never
-    claims 'robust'.
+    claims 'robust'.  ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`)
+    hears the best objective as it improves; quiet by default.
     """
     check_choice(solver, SOLVERS, "solver")
     if solver == "local" and not reuse:
@@ -286,7 +290,8 @@ def iprop_attack(
     deadline = Deadline.start(time_limit)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
-    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0)
+    progress.update(stage="IProp")
+    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
     x0 = xf if start is None else check_input(net, start)
     if start is not None:
         tracker.offer(box.snap(x0))

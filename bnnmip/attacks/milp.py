@@ -20,6 +20,7 @@ from ..box import check_input, input_box
 from ..milp.backend import get_backend
 from ..milp.formulation import AttackModel, attack_bounds, attack_milp, check_bounds_mode
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import SolveStatus
 from ..timing import Deadline
 from .result import AttackResult
@@ -46,6 +47,7 @@ class TargetOutcome:
     message: str = ""
 
 
+@reports_progress
 def milp_attack(
     net: BNN,
     x,
@@ -61,6 +63,7 @@ def milp_attack(
     verbose: bool = False,
     solver: str | None = None,
     stop_at_flip: bool = True,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with the exact MILP (see the module docstring).
 
@@ -68,19 +71,23 @@ def milp_attack(
     ``start`` (an input in the box, e.g. a heuristic's best) warm-starts each MILP on backends
     that take a warm start.  With ``stop_at_flip=False`` each target's MILP is maximised to the end
     (the paper's objective-over-time measurement) instead of stopping at the first verified flip.
+    ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`) hears the incumbent,
+    each target's dual bound and the stage while it solves; quiet by default.
     """
     deadline = Deadline.start(time_limit)
     check_bounds_mode(bounds)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
-    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0)
+    progress.update(stage="MILP: bounds")
+    tracker = Tracker(net, xf, float(eps), box, target, t0=deadline.t0, progress=progress)
     solving = deadline.shortened(_RESERVE)
     layer_bounds = attack_bounds(net, box, bounds, deadline=solving)
-    solve = _TargetSolver(tracker, backend, solving, threads, verbose, solver, start, stop_at_flip)
+    solve = _TargetSolver(tracker, backend, solving, threads, verbose, solver, start, stop_at_flip, progress)
     outcomes: dict[int, TargetOutcome] = {}
-    for t in tracker.targets:
+    for i, t in enumerate(tracker.targets, 1):
         if solving.expired(_MIN_SOLVE):
             break
+        progress.update(stage=f"MILP target {t} ({i}/{len(tracker.targets)})")
         model = attack_milp(net, xf, eps, t, levels=levels, label=tracker.label, layer_bounds=layer_bounds)
         if solving.expired(_MIN_SOLVE):
             break
@@ -91,9 +98,10 @@ def milp_attack(
     bounds_seen = [o.bound for o in outcomes.values()]
     complete = len(bounds_seen) == n and all(b is not None for b in bounds_seen)
     message = "" if proved == n or tracker.flip else f"{proved}/{n} targets proved robust within the time limit"
+    proof = f"MILP ({get_backend(backend).title}): every target's dual bound below 0"
     return tracker.result("milp", backend, robust=proved == n, bound=max(bounds_seen) if complete else None,
-                          message=message, details={"targets": outcomes, "bounds": bounds,
-                                                    "free_units": [b.n_free for b in layer_bounds]})
+                          message=message, proof=proof, details={"targets": outcomes, "bounds": bounds,
+                                                                 "free_units": [b.n_free for b in layer_bounds]})
 
 
 @dataclass
@@ -108,6 +116,7 @@ class _TargetSolver:
     solver: str | None
     start: np.ndarray | None
     stop_at_flip: bool
+    progress: Progress
 
     def __call__(self, model: AttackModel) -> TargetOutcome:
         enc, caps = model.encoding, get_backend(self.backend).capabilities
@@ -115,10 +124,16 @@ class _TargetSolver:
         def on_incumbent(values, objective):
             return self.tracker.offer(enc.decode(values)) and self.stop_at_flip
 
+        def on_progress(incumbent, bound):
+            self.progress.update(bound=bound)
+
         warm = enc.encode(self.start) if self.start is not None and caps.warm_start else None
         sol = model.solve(self.backend, time_limit=self.deadline.seconds_left(), threads=self.threads,
                           verbose=self.verbose, solver=self.solver, start=warm,
-                          on_incumbent=on_incumbent if caps.incumbent_callback else None)
+                          on_incumbent=on_incumbent if caps.incumbent_callback else None,
+                          on_progress=on_progress if caps.progress and self.progress.enabled else None)
+        if sol.bound is not None:
+            self.progress.update(bound=sol.bound)
         if sol.has_solution:
             self.tracker.offer(enc.decode(sol.values))
             if sol.objective > 0 and self.tracker.flip is None and not enc.exact:

@@ -2,9 +2,9 @@ r"""The smallest L∞ radius on the input grid that changes the prediction, by a
 
 On the grid :math:`x = lo + k\,(hi - lo)/L`, radii are whole steps :math:`r \in \{1, \dots, L\}` and the
 boxes are nested, so "some input within radius :math:`r` changes the prediction" is monotone in
-:math:`r`.  Each step of the search decides it for one radius with the untargeted MILP attack
-(:func:`~bnnmip.attacks.milp.milp_attack`): a verified flip proves :math:`r^* \le` its actual
-distance (often below :math:`r`), a solved MILP with every target's bound below zero proves
+:math:`r`.  Each step of the search decides it for one radius with the exact engine
+(:func:`bnnmip.verify`, ``method`` one of its routes; 'milp' is the paper's MILP alone): a verified
+flip proves :math:`r^* \le` its actual distance (often below :math:`r`), a robust verdict proves
 :math:`r^* > r`.
 
 Search: radii 1, 2, 4, 8, ... until a flip (doubling: the DESIGN's walk over radii with models
@@ -19,18 +19,24 @@ The answer is exact when the two meet, which also means radius ``r* - 1`` was pr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..box import DEFAULT_LEVELS, check_input, on_grid
+from ..box import DEFAULT_LEVELS, Radius, check_input, on_grid
 from ..errors import InvalidArgumentError
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import SearchStatus, Verdict
 from ..timing import Deadline
-from ..validate import check_levels
+from ..validate import check_choice, check_levels
+from ..verify.engine import ROUTES, verify
 from .milp import milp_attack
 from .pgd import pgd_attack
+from .result import OnnxRecheck
+from .save import jsonable, save_result
 
 _PGD_SECONDS = 2.0  # at most, after an undecided MILP while growing: a flip found bounds the radius
 
@@ -40,11 +46,12 @@ class MinimalEpsResult:
     """The outcome of :func:`minimal_eps`.
 
     Radii are in grid steps (``eps = steps * (hi - lo) / levels``).  Every radius below
-    ``proven_robust_below`` was proven robust (radius 0, the clean input, always is); a verified
-    flip ``x_adv`` was found at L∞ distance ``found_adversarial_at`` (None: none found).  ``exact``
-    when they meet: then ``steps`` / ``eps`` is the minimal radius.  When no radius up to the whole
-    input range changes the prediction, ``proven_robust_below = levels + 1`` and ``exact`` is True
-    with ``steps = None``.  ``decisions`` lists (radius, verdict, seconds) for every MILP decision (and PGD run).
+    ``proven_robust_below`` was proven robust (radius 0, the clean input, always is; ``proof`` says
+    by what); a verified flip ``x_adv`` was found at L∞ distance ``found_adversarial_at`` (None: none
+    found), re-checked by onnxruntime (``check``).  ``exact`` when they meet: then ``steps`` / ``eps``
+    is the minimal radius.  When no radius up to the whole input range changes the prediction,
+    ``proven_robust_below = levels + 1`` and ``exact`` is True with ``steps = None``.  ``decisions``
+    lists (radius, verdict, seconds) for every MILP decision (and PGD run), in the order made.
     """
 
     exact: bool
@@ -62,6 +69,9 @@ class MinimalEpsResult:
     backend: str
     decisions: list = field(default_factory=list)
     message: str = ""
+    x: np.ndarray | None = None
+    check: OnnxRecheck | None = None
+    proof: str = ""
 
     @property
     def status(self) -> SearchStatus:
@@ -70,35 +80,61 @@ class MinimalEpsResult:
             return SearchStatus.ROBUST if self.steps is None else SearchStatus.EXACT
         return SearchStatus.BOUNDS
 
+    def radius(self, steps: int) -> Radius:
+        return Radius(steps * self.step, steps, self.levels, self.step)
+
     def summary(self) -> str:
+        """The result as ``key  value`` lines (the command line prints them; the README explains each)."""
         if self.status == SearchStatus.EXACT:
-            answer = f"{self.steps} steps = {self.eps:g} (radius {self.steps - 1} proven robust)"
+            answer = f"{self.radius(self.steps)} (radius {self.steps - 1} proven robust)"
         elif self.status == SearchStatus.ROBUST:
             answer = "no radius up to the whole input range changes the prediction"
         else:
-            upper = "-" if self.found_adversarial_at is None else str(self.found_adversarial_at)
-            answer = f"between {self.proven_robust_below} and {upper} steps (not all decided)"
+            upper = "-" if self.found_adversarial_at is None else str(self.radius(self.found_adversarial_at))
+            answer = f"between {self.radius(self.proven_robust_below)} and {upper} (not all decided)"
         rows = [
             ("minimal", answer),
-            ("grid", f"{self.levels} levels, step {self.step:g}"),
+            ("grid", f"{self.levels} levels, step {self.radius(1)}"),
             ("label", str(self.label)),
             ("adv_label", "-" if self.adv_label is None else str(self.adv_label)),
-            ("verified", "yes (onnxruntime)" if self.verified else "no"),
-            ("decisions", ", ".join(f"r={r}: {v}" for r, v, _ in self.decisions) or "-"),
+        ]
+        if self.check is not None:
+            rows.append(("onnxruntime", self.check.describe()))
+        if self.proven_robust_below > 1:
+            rows.append(("proof", f"radius {self.proven_robust_below - 1}: {self.proof}"))
+        rows += [
+            ("decisions", ", ".join(f"r={r}: {v} ({t:.2f} s)" for r, v, t in self.decisions) or "-"),
             ("time", f"{self.time:.2f} s"),
         ]
         if self.message:
             rows.append(("note", self.message))
         return "\n".join(f"{k:<10} {v}" for k, v in rows)
 
+    def to_dict(self) -> dict:
+        """The result as JSON-ready values (the inputs go to .npy files: :meth:`save`)."""
+        names = ("exact", "steps", "eps", "proven_robust_below", "found_adversarial_at", "label", "adv_label",
+                 "verified", "levels", "step", "time", "backend", "message", "proof")
+        out = {"status": self.status, **{name: getattr(self, name) for name in names}}
+        out["onnxruntime"] = None if self.check is None else self.check.to_dict()
+        out["decisions"] = [{"radius": r, "verdict": v, "seconds": t} for r, v, t in self.decisions]
+        return jsonable(out)
 
+    def save(self, directory: str | os.PathLike, shape: tuple[int, ...] | None = None,
+             context: dict | None = None) -> list[Path]:
+        """Write ``result.json``, ``x.npy`` and, with a flip, ``x_adv.npy`` and ``triptych.png``."""
+        return save_result(self, directory, shape=shape, context=context)
+
+
+@reports_progress
 def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float | None = 60.0, backend: str = "highs",
-                bounds: str = "interval", threads: int | None = None, solver: str | None = None
-                ) -> MinimalEpsResult:
+                bounds: str = "interval", threads: int | None = None, solver: str | None = None,
+                method: str = "auto", progress: Progress = NO_PROGRESS) -> MinimalEpsResult:
     """The smallest L∞ radius on the grid of ``levels`` steps at which some input changes the prediction.
 
     ``x`` must lie on the grid.  ``time_limit`` (seconds, shared by all steps) bounds the search;
     see the module docstring for the search and :class:`MinimalEpsResult` for what is reported.
+    ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`) hears every step's
+    radius, incumbent and bound; quiet by default.
     """
     levels = check_levels(levels)
     if levels is None:
@@ -110,20 +146,24 @@ def minimal_eps(net: BNN, x, *, levels: int = DEFAULT_LEVELS, time_limit: float 
     if len(off_grid):
         i = int(off_grid[0])
         raise InvalidArgumentError(f"x: input {i} = {xf[i]!r} is not on the grid of levels={levels}")
-    search = _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver)
-    return search.run()
+    check_choice(method, ROUTES, "method")
+    return _Search(net, xf, levels, (hi - lo) / levels, deadline, backend, bounds, threads, solver, method,
+                   progress).run()
 
 
 class _Search:
     """The state of one search: the bracket [robust, adversarial] and the decisions made."""
 
-    def __init__(self, net, x, levels, step, deadline: Deadline, backend, bounds, threads, solver):
-        self.net, self.x, self.levels, self.step = net, x, levels, step
+    def __init__(self, net, x, levels, step, deadline: Deadline, backend, bounds, threads, solver, method,
+                 progress: Progress = NO_PROGRESS):
+        self.net, self.x, self.levels, self.step, self.progress = net, x, levels, step, progress
+        self.method = method
         self.deadline, self.backend, self.bounds, self.threads, self.solver = (deadline, backend, bounds,
                                                                                threads, solver)
         self.label = int(net.predict(x)[0])
         self.robust = 0  # largest radius proven robust
-        self.flip = None  # (radius, x_adv, adv_label, verified) of the closest verified flip
+        self.flip = None  # (radius, x_adv, adv_label, verified, check) of the closest verified flip
+        self.proof = ""  # how the largest robust radius was proven
         self.cap = levels + 1  # the smallest radius left unknown (bisection probes below it)
         self.decisions = []
 
@@ -142,22 +182,30 @@ class _Search:
         budget = max(self.left() * share, 0.0) if self.deadline.limited else None
         if budget is not None and budget <= 0.05:
             return Verdict.UNKNOWN
-        result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
-                             levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver)
+        report = self.progress.scoped(f"radius {r}/{self.levels}")
+        if self.method == "milp":  # the paper's MILP, as before the exact engine
+            result = milp_attack(self.net, self.x, r * self.step, time_limit=budget, backend=self.backend,
+                                 levels=self.levels, bounds=self.bounds, threads=self.threads, solver=self.solver,
+                                 progress=report)
+        else:
+            result = verify(self.net, self.x, r * self.step, time_limit=budget, levels=self.levels, method=self.method,
+                            backend=self.backend, threads=self.threads, progress=report)
         self.decisions.append((r, result.status, result.time))
         if result.status == Verdict.UNKNOWN and heuristic:
             quick = min(_PGD_SECONDS, 0.1 * self.left())
             if quick > 0.05:
-                result = pgd_attack(self.net, self.x, r * self.step, time_limit=quick, levels=self.levels)
+                result = pgd_attack(self.net, self.x, r * self.step, time_limit=quick, levels=self.levels,
+                                    progress=report)
                 self.decisions.append((r, f"pgd: {result.status}", result.time))
         if result.status == Verdict.ROBUST:
-            self.robust = max(self.robust, r)
+            if r > self.robust:
+                self.robust, self.proof = r, result.proof
         elif result.status == Verdict.ADVERSARIAL:
             distance = int(np.rint(np.abs(result.x_adv - self.x).max() / self.step))
             if distance <= self.robust:  # a flip inside a box proven robust: a bnnmip bug, never data
                 raise AssertionError(f"flip at distance {distance} inside radius {self.robust} proven robust")
             if self.flip is None or distance < self.flip[0]:
-                self.flip = (distance, result.x_adv, result.adv_label, result.verified)
+                self.flip = (distance, result.x_adv, result.adv_label, result.verified, result.check)
         else:
             self.cap = min(self.cap, r)
         return result.status
@@ -199,11 +247,12 @@ class _Search:
         no_flip = self.flip is None and self.robust >= self.levels
         exact = no_flip or (upper is not None and upper == self.robust + 1)
         steps = upper if exact and not no_flip else None
-        x_adv, adv_label, verified = (None, None, False) if self.flip is None else self.flip[1:]
+        x_adv, adv_label, verified, check = (None, None, False, None) if self.flip is None else self.flip[1:]
         message = "" if exact else "not every radius was decided within the time limit"
         return MinimalEpsResult(
             exact=exact, steps=steps, eps=None if steps is None else steps * self.step,
             proven_robust_below=self.robust + 1, found_adversarial_at=upper, x_adv=x_adv, label=self.label,
             adv_label=adv_label, verified=verified, levels=self.levels, step=self.step,
             time=self.deadline.elapsed(), backend=self.backend, decisions=self.decisions, message=message,
+            x=self.x, check=check, proof=self.proof,
         )

@@ -51,6 +51,7 @@ from ..box import InputBox, check_input, input_box
 from ..errors import InvalidArgumentError
 from ..milp.backend import backend_names
 from ..network import BNN, InputBinarization, Layer
+from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..timing import Deadline
 from ..validate import check_choice, check_eps, check_positive_int, check_seed
 from .result import AttackResult
@@ -195,6 +196,7 @@ class PgdOptions:
     min_step: float  # one grid step on a grid, else 0
 
 
+@reports_progress
 def pgd_attack(
     net: BNN,
     x,
@@ -209,6 +211,7 @@ def pgd_attack(
     step_size: float | None = None,
     seed: int | None = 0,
     batch: int = 32,
+    progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with PGD on the hardtanh surrogate (see the module docstring).
 
@@ -233,6 +236,9 @@ def pgd_attack(
     seed
         Seeds the random starts and fallback steps: runs that the time limit does not cut are
         reproducible.
+    progress
+        True (a line on stderr), a callable or a :class:`~bnnmip.progress.Progress` to hear the
+        best objective as it improves; quiet by default.
 
     Returns
     -------
@@ -248,7 +254,8 @@ def pgd_attack(
         restarts = 2**62 if deadline.limited else 256
     opts = _check_options(box, eps, restarts, steps, batch, step_size)
     rng = np.random.default_rng(check_seed(seed))
-    tracker = Tracker(net, xf, eps, box, target, t0=deadline.t0)
+    progress.update(stage="PGD")
+    tracker = Tracker(net, xf, eps, box, target, t0=deadline.t0, progress=progress)
     run = _Run(Surrogate.of(net), tracker, box, opts, rng, deadline.end)
     stop = run.all_restarts()
     message = {"flip": "", "time": "time limit reached", "budget": "step budget exhausted"}[stop]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..box import Radius
 from ..io.runtime import onnx_logits
 from ..network import BNN
 from ..status import Verdict
+from .save import jsonable, save_result
 
 _EPS_TOL = 1e-9  # relative to the input range: float noise in a distance that is exactly eps
 
@@ -40,6 +44,10 @@ class OnnxRecheck:
     def ok(self) -> bool:
         return self.label_changed and self.within_eps and self.in_range
 
+    def to_dict(self) -> dict:
+        return {"confirmed": self.ok, "onnx_label": self.onnx_label, "clean_label": self.clean_label,
+                "linf": self.linf, "eps": self.eps, "in_range": self.in_range}
+
     def describe(self) -> str:
         """One line: what onnxruntime said and what was measured."""
         if self.ok:
@@ -69,12 +77,15 @@ class AttackResult:
 
     ``status`` is a :class:`~bnnmip.status.Verdict`: 'adversarial' (``x_adv`` changes the
     prediction: checked by bnnmip's exact forward pass and, when the network came from ONNX, by
-    :class:`OnnxRecheck` — label, L∞ distance and input range — whose outcome is ``verified``),
-    'robust' (a complete proof that no input in the box changes the prediction) or 'unknown'.
-    ``objective`` is the best exact ``logit[t] - logit[label]`` found (the maximum over targets when
-    untargeted), ``bound`` an upper bound on it when a solver gave one, ``trace`` the anytime curve
-    as (seconds, best objective).  ``x_best`` is the best input found, flip or not (a warm start
-    for other attacks); ``linf`` the L∞ distance of ``x_adv`` from the clean input.
+    :class:`OnnxRecheck` — label, L∞ distance and input range — whose outcome is ``check`` and
+    ``verified``), 'robust' (a complete proof that no input in the box changes the prediction;
+    ``proof`` says which engine proved it and how) or 'unknown'.  ``objective`` is the best exact
+    ``logit[t] - logit[label]`` found (the maximum over targets when untargeted; > 0 changes the
+    prediction), ``bound`` an upper bound on it when a solver gave one (< 0 for every target is the
+    MILP's proof), ``trace`` the anytime curve as (seconds, best objective).  ``eps`` is the radius
+    asked; ``radius`` the one searched (on a grid: the whole steps within ``eps``).  ``x`` is the
+    clean input, ``x_best`` the best input found, flip or not (a warm start for other attacks);
+    ``linf`` the L∞ distance of ``x_adv`` from ``x``.
     """
 
     status: Verdict
@@ -95,12 +106,28 @@ class AttackResult:
     x_best: np.ndarray | None = None
     linf: float | None = None
     check: OnnxRecheck | None = None
+    radius: Radius | None = None
+    proof: str = ""
+    x: np.ndarray | None = None
+
+    def verdict_line(self) -> tuple[str, str] | None:
+        """What backs the status: ('proof', engine and bound) or ('onnxruntime', the re-check)."""
+        if self.status == Verdict.ROBUST:
+            bound = "" if self.bound is None else f" (largest {self.bound:.4g})"
+            return "proof", (self.proof or "complete search") + bound
+        if self.status == Verdict.ADVERSARIAL:
+            if self.check is None:
+                return "onnxruntime", "not run (the network has no ONNX origin); bnnmip's exact forward flips it"
+            return "onnxruntime", self.check.describe()
+        return None
 
     def summary(self) -> str:
+        """The result as ``key  value`` lines (the command line prints them; the README explains each)."""
+        radius = self.radius.describe() if self.radius is not None else f"{self.eps:g}"
         rows = [
-            ("status", str(self.status) + (" (verified by onnxruntime)" if self.verified else "")),
+            ("status", str(self.status)),
             ("method", self.method + (f" / {self.backend}" if self.backend else "")),
-            ("eps", f"{self.eps:g}"),
+            ("eps", radius),
             ("label", str(self.label)),
             ("target", "any" if self.target is None else str(self.target)),
             ("adv_label", "-" if self.adv_label is None else str(self.adv_label)),
@@ -110,8 +137,28 @@ class AttackResult:
         ]
         if self.x_adv is not None and self.status == Verdict.ADVERSARIAL:
             rows.append(("max |dx|", "-" if self.linf is None else f"{self.linf:.6g}"))
-        if self.check is not None:
-            rows.append(("onnxruntime", self.check.describe()))
+        line = self.verdict_line()
+        if line is not None:
+            rows.append(line)
         if self.message:
             rows.append(("note", self.message))
         return "\n".join(f"{k:<10} {v}" for k, v in rows)
+
+    def to_dict(self) -> dict:
+        """The result as JSON-ready values (no input arrays: :meth:`save` writes those as .npy)."""
+        out = {name: getattr(self, name) for name in ("status", "method", "backend", "label", "target", "adv_label",
+                                                        "objective", "bound", "time", "eps", "linf", "verified",
+                                                        "proof", "message")}
+        out["radius"] = None if self.radius is None else self.radius.to_dict()
+        out["onnxruntime"] = None if self.check is None else self.check.to_dict()
+        out["trace"] = [list(point) for point in self.trace]
+        out["details"] = self.details
+        return jsonable(out)
+
+    def save(self, directory: str | os.PathLike, shape: tuple[int, ...] | None = None,
+             context: dict | None = None) -> list[Path]:
+        """Write ``result.json``, ``x.npy``, and for a flip ``x_adv.npy`` and ``triptych.png`` (clean,
+        adversarial, difference magnified) into ``directory``; returns the paths written.  ``shape``:
+        the image shape for the picture (default: square when the input size is a square); ``context``:
+        entries to put first in ``result.json`` (which model, data and image, say)."""
+        return save_result(self, directory, shape=shape, context=context)

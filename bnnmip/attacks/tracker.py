@@ -12,6 +12,7 @@ from ..box import InputBox
 from ..errors import ExactnessError
 from ..milp.formulation import check_target
 from ..network import BNN
+from ..progress import NO_PROGRESS, Progress
 from ..status import Verdict
 from .result import AttackResult, OnnxRecheck, recheck
 
@@ -31,7 +32,8 @@ class Tracker:
 
     ``objective(x') = max over targets of logit[t] - logit[label]`` by bnnmip's exact forward pass.
     :meth:`offer` judges candidates (a flip counts once onnxruntime's :class:`OnnxRecheck` confirms
-    it, when the network came from ONNX); :meth:`result` turns the state into an :class:`AttackResult`.
+    it, when the network came from ONNX) and reports each new best objective to ``progress``;
+    :meth:`result` turns the state into an :class:`AttackResult`.
     """
 
     net: BNN
@@ -40,11 +42,13 @@ class Tracker:
     box: InputBox
     target: int | None = None
     t0: float = field(default_factory=time.perf_counter)
+    progress: Progress = NO_PROGRESS
 
     def __post_init__(self):
         logits = self.net.logits(self.x)[0]
         self.label, self.targets = attack_targets(self.net, logits, self.target)
         self.best = self.objective(logits)
+        self.progress.update(incumbent=self.best, reset=True)
         self.x_best = self.x
         self.trace = [(0.0, self.best)]
         self.flip: tuple | None = None  # (x_adv, adv_label, recheck or None)
@@ -69,6 +73,7 @@ class Tracker:
         if improved:
             self.best, self.x_best = f, x_adv
             self.trace.append((self.elapsed(), f))
+            self.progress.update(incumbent=f)
         # Only f >= 0 can change the prediction (f == 0: a tie the argmax may break our way).
         if f >= 0 and (improved or self.flip is None):
             self._judge(x_adv)
@@ -94,8 +99,9 @@ class Tracker:
         return self.offer(X[i], float(objectives[i]))
 
     def result(self, method: str, backend: str | None = None, *, robust: bool = False, bound: float | None = None,
-               message: str = "", details: dict | None = None) -> AttackResult:
-        """The :class:`AttackResult`: adversarial if a flip counted, robust only if ``robust`` was proved."""
+               message: str = "", details: dict | None = None, proof: str = "") -> AttackResult:
+        """The :class:`AttackResult`: adversarial if a flip counted, robust only if ``robust`` was proved
+        (``proof`` says by what)."""
         x_adv, adv_label, check = self.flip if self.flip is not None else (None, None, None)
         if self.flip is not None:
             status = Verdict.ADVERSARIAL
@@ -109,6 +115,7 @@ class Tracker:
             time=self.elapsed(), method=method, backend=backend, trace=list(self.trace),
             verified=check is not None and check.ok, target=self.target, eps=self.eps, message=message,
             details=dict(details or {}), x_best=self.x_best, linf=_linf(x_adv, self.x), check=check,
+            radius=self.box.radius, proof=proof if status == Verdict.ROBUST else "", x=self.x,
         )
 
 

@@ -30,6 +30,7 @@ class Backend(ABC):
     """A solver behind the common interface (see the module docstring)."""
 
     name: ClassVar[str]
+    title: ClassVar[str]  # how people write the solver's name: 'HiGHS'
     package: ClassVar[str]  # the Python package the solver needs
     capabilities: ClassVar[Capabilities]
 
@@ -55,6 +56,8 @@ class Backend(ABC):
             (options.start is not None and not caps.warm_start, "start", "takes no warm start"),
             (options.on_incumbent is not None and not caps.incumbent_callback, "on_incumbent",
              "reports no incumbents while it solves"),
+            (options.on_progress is not None and not caps.progress, "on_progress",
+             "reports no progress while it solves"),
             (options.solver is not None and not caps.solver_choice, "solver", "has no choice of solver"),
             (not model.integrality.any() and model.num_cols and not caps.lp, "model", "does not solve LPs"),
         )
@@ -115,10 +118,11 @@ class Backend(ABC):
 
 
 class IncumbentTrace:
-    """The anytime trace of one solve, and the user's incumbent callback with its stop request."""
+    """The anytime trace of one solve, the user's incumbent callback with its stop request, and the
+    progress callback (:meth:`progress`: primal and dual bounds as the solver reports them)."""
 
-    def __init__(self, t0: float, on_incumbent=None):
-        self.t0, self.on_incumbent = t0, on_incumbent
+    def __init__(self, t0: float, on_incumbent=None, on_progress=None):
+        self.t0, self.on_incumbent, self.on_progress = t0, on_incumbent, on_progress
         self.points: list[tuple[float, float]] = []
         self.stop = False
 
@@ -130,3 +134,8 @@ class IncumbentTrace:
             if self.on_incumbent(np.asarray(vector, np.float64), float(objective)):
                 self.stop = True
         return self.stop
+
+    def progress(self, primal: float, dual: float) -> None:
+        """Pass the solver's primal and dual bounds on (infinite ones, not known yet, as None)."""
+        if self.on_progress is not None:
+            self.on_progress(primal if np.isfinite(primal) else None, dual if np.isfinite(dual) else None)

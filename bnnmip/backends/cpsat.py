@@ -168,6 +168,7 @@ class CpSatBackend(Backend):
     """OR-Tools CP-SAT: integer models only, reified unit rows, hints, incumbents, threads, sessions."""
 
     name = "cpsat"
+    title = "CP-SAT"
     package = "ortools"
     capabilities = Capabilities(warm_start=True, incumbent_callback=True, in_place_session=True, threads=True,
                                 lp=False, integer_only=True)

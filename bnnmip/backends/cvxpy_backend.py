@@ -142,6 +142,7 @@ class CvxpyBackend(Backend):
     """
 
     name = NAME
+    title = "CVXPY"
     package = "cvxpy"
     capabilities = Capabilities(lp=True, solver_choice=True)
 

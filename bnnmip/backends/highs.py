@@ -97,20 +97,21 @@ def configure(h, time_limit: float | None, threads: int | None, verbose: bool, m
         h.setOptionValue("threads", int(threads))
 
 
-def run(h, model: MilpModel, *, t0: float, start=None, on_incumbent=None, deadline: float | None = None
-        ) -> MilpSolution:
+def run(h, model: MilpModel, *, t0: float, start=None, on_incumbent=None, deadline: float | None = None,
+        on_progress=None) -> MilpSolution:
     """Run a configured Highs instance and read its outcome into a :class:`MilpSolution`.
 
     ``deadline`` (a ``time.perf_counter()`` value) is enforced from HiGHS's MIP interrupt
     callback as well as by its own time limit: HiGHS checks its clock by work done, which
     overshoots on a loaded machine.
     """
-    trace = IncumbentTrace(t0, on_incumbent)
+    trace = IncumbentTrace(t0, on_incumbent, on_progress)
 
     def improving(event):
         trace.record(event.data_out.objective_function_value, lambda: event.data_out.mip_solution)
 
     def interrupt(event):  # HiGHS honours an interrupt only from its interrupt callback
+        trace.progress(event.data_out.mip_primal_bound, event.data_out.mip_dual_bound)
         if trace.stop or (deadline is not None and time.perf_counter() >= deadline):
             event.interrupt()
 
@@ -150,9 +151,10 @@ class HighsBackend(Backend):
     """HiGHS through highspy: warm starts, incumbent callbacks, threads, in-place sessions, LPs."""
 
     name = "highs"
+    title = "HiGHS"
     package = "highspy"
-    capabilities = Capabilities(warm_start=True, incumbent_callback=True, in_place_session=True, threads=True,
-                                lp=True)
+    capabilities = Capabilities(warm_start=True, incumbent_callback=True, progress=True, in_place_session=True,
+                                threads=True, lp=True)
 
     def _build(self, model: MilpModel, options: SolveOptions, deadline: Deadline):
         return build(model, options.verbose)
@@ -162,7 +164,7 @@ class HighsBackend(Backend):
 
     def _run(self, h, model: MilpModel, deadline: Deadline, options: SolveOptions) -> MilpSolution:
         return run(h, model, t0=deadline.t0, start=options.start, on_incumbent=options.on_incumbent,
-                   deadline=deadline.end if deadline.limited else None)
+                   deadline=deadline.end if deadline.limited else None, on_progress=options.on_progress)
 
     def _session(self, model: MilpModel, threads: int | None, mip_gap: float | None) -> HighsSession:
         return HighsSession(model, threads, mip_gap)

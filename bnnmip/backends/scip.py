@@ -68,17 +68,24 @@ def _optional(values: np.ndarray) -> list:
 
 
 def _incumbent_handler(variables: list, trace: IncumbentTrace):
-    """A SCIP event handler that records every new best solution into ``trace`` and may interrupt."""
+    """A SCIP event handler that records every new best solution into ``trace`` and may interrupt;
+    when ``trace`` has a progress callback, it also reports the bounds after every solved node."""
     from pyscipopt import SCIP_EVENTTYPE, Eventhdlr
 
     class Incumbents(Eventhdlr):
         def eventinit(self):
-            self.model.catchEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+            self.events = SCIP_EVENTTYPE.BESTSOLFOUND
+            if self.trace.on_progress is not None:
+                self.events |= SCIP_EVENTTYPE.NODESOLVED
+            self.model.catchEvent(self.events, self)
 
         def eventexit(self):
-            self.model.dropEvent(SCIP_EVENTTYPE.BESTSOLFOUND, self)
+            self.model.dropEvent(self.events, self)
 
         def eventexec(self, event):
+            if event.getType() != SCIP_EVENTTYPE.BESTSOLFOUND:
+                self.trace.progress(self.model.getPrimalbound(), self.model.getDualbound())
+                return
             sol = self.model.getBestSol()
             values = lambda: [self.model.getSolVal(sol, v) for v in variables]  # noqa: E731 (only if asked)
             if self.trace.record(self.model.getSolObjVal(sol), values):
@@ -98,8 +105,8 @@ def configure(scip, time_limit: float | None, threads: int | None, verbose: bool
 
 
 def run(scip, variables: list, model: MilpModel, *, t0: float, start=None, on_incumbent=None,
-        handler=None) -> MilpSolution:
-    trace = IncumbentTrace(t0, on_incumbent)
+        handler=None, on_progress=None) -> MilpSolution:
+    trace = IncumbentTrace(t0, on_incumbent, on_progress)
     if handler is None:
         handler = _incumbent_handler(variables, trace)
         scip.includeEventhdlr(handler, "bnnmip_incumbents", "records incumbents")
@@ -134,8 +141,10 @@ class ScipBackend(Backend):
     """SCIP through pyscipopt: warm starts, incumbent callbacks, in-place sessions; one thread."""
 
     name = "scip"
+    title = "SCIP"
     package = "pyscipopt"
-    capabilities = Capabilities(warm_start=True, incumbent_callback=True, in_place_session=True, lp=True)
+    capabilities = Capabilities(warm_start=True, incumbent_callback=True, progress=True, in_place_session=True,
+                                lp=True)
 
     def _build(self, model: MilpModel, options: SolveOptions, deadline: Deadline):
         return build(model, options.verbose)
@@ -148,7 +157,8 @@ class ScipBackend(Backend):
 
     def _run(self, native, model: MilpModel, deadline: Deadline, options: SolveOptions) -> MilpSolution:
         scip, variables, _ = native
-        return run(scip, variables, model, t0=deadline.t0, start=options.start, on_incumbent=options.on_incumbent)
+        return run(scip, variables, model, t0=deadline.t0, start=options.start, on_incumbent=options.on_incumbent,
+                   on_progress=options.on_progress)
 
     def _session(self, model: MilpModel, threads: int | None, mip_gap: float | None) -> ScipSession:
         return ScipSession(model, threads, mip_gap)

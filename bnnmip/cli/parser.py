@@ -13,9 +13,10 @@ from ..attacks import METHODS
 from ..box import DEFAULT_LEVELS
 from ..milp.backend import backend_names
 from ..milp.formulation import BOUNDS
+from ..verify import ROUTES
 from ..version import __version__
 from .bench_commands import cmd_bench, cmd_plot, cmd_results
-from .commands import cmd_attack, cmd_export, cmd_info, cmd_minimal_eps, cmd_predict
+from .commands import cmd_attack, cmd_export, cmd_info, cmd_minimal_eps, cmd_predict, cmd_verify
 
 DESCRIPTION = "Attack and verify binarized neural networks with integer programming."
 _CONFIG_HELP = ("only the jobs of this configuration (TOML), for a database that holds several: "
@@ -45,7 +46,14 @@ def _add_problem_args(p: argparse.ArgumentParser, *, eps: bool = True, grid_choi
     p.add_argument("--data", help=".npz with images (n, 784) uint8 and labels (default: the model's shipped slice)")
     p.add_argument("--index", type=int, required=True, help="which image of the data (0-based)")
     if eps:
-        p.add_argument("--eps", type=_eps, required=True, help="L-infinity radius, e.g. 0.02 or 2/255")
+        radius = p.add_mutually_exclusive_group(required=True)
+        radius.add_argument("--eps", type=_eps,
+                            help="L-infinity radius, e.g. 0.02 or 2/255; on the grid it is rounded down to whole "
+                                 "steps (0.02 searches 5/255 = 0.0196), and the output says which")
+        radius.add_argument("--eps-steps", type=int, metavar="K",
+                            help="L-infinity radius in grid steps: K/255 of the input range by default")
+        p.add_argument("--allow-zero", action="store_true",
+                       help="accept a radius of 0 steps (a check of the clean input alone; an error otherwise)")
     p.add_argument("--bounds", choices=BOUNDS, default=BOUNDS[0],
                    help="big-M bounds: interval (default) or tightened by LP relaxation")
     grid = p.add_mutually_exclusive_group() if grid_choice else p
@@ -56,9 +64,25 @@ def _add_problem_args(p: argparse.ArgumentParser, *, eps: bool = True, grid_choi
                           help="perturb continuously instead of on the grid")
 
 
+def _add_route_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=ROUTES, default="auto",
+                   help="exact engine route (default auto: enumeration, branch-and-bound, CP-SAT or MILP per instance)")
+
+
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=backend_names(), default="highs", help="MILP solver (default highs)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds (default 60)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """What the commands that attack or verify one image share: misclassified images, --save, progress."""
+    p.add_argument("--allow-misclassified", action="store_true",
+                   help="attack an image the network already misclassifies (refused otherwise)")
+    p.add_argument("--save", metavar="DIR",
+                   help="write result.json, x.npy and, for a flip, x_adv.npy and triptych.png into DIR")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a live line on stderr (incumbent, bound, elapsed) once a solve takes more than "
+                        "1.5 s (default: when stderr is a terminal)")
 
 
 def _add_model_commands(sub) -> None:
@@ -72,12 +96,16 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("attack", help="attack one image: adversarial example, proof of robustness, or unknown")
+    p = sub.add_parser("attack", help="attack one image: adversarial example, proof of robustness, or unknown",
+                       description="Attack one image at an L-infinity radius: 'adversarial' (re-checked by "
+                                   "onnxruntime), 'robust' (a proof: no input in the box changes the prediction) "
+                                   "or 'unknown'. The README explains every line of the output.")
     _add_problem_args(p)
     p.add_argument("--target", type=int, default=None, help="target class (default: any other class)")
     p.add_argument("--method", choices=tuple(METHODS), default="best",
                    help="attack (default best: PGD, then IProp, then the exact MILP)")
     _add_solver_args(p)
+    _add_run_args(p)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("export", help="write the attack MILP for one image and target as .mps or .lp")
@@ -86,9 +114,24 @@ def _add_model_commands(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="FILE.mps or FILE.lp")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("minimal-eps", help="smallest L-infinity radius on the grid that changes the prediction")
-    _add_problem_args(p, eps=False, grid_choice=False)
+    p = sub.add_parser("verify", help="decide exactly: a proof that no input in the box changes the prediction, "
+                                      "or an adversarial input",
+                       description="Decide exactly whether some input within the radius changes the prediction: "
+                                   "'robust' with a complete proof (which one is printed), 'adversarial' with an "
+                                   "input onnxruntime confirms, or 'unknown' when the time runs out.")
+    _add_problem_args(p)
+    _add_route_arg(p)
     _add_solver_args(p)
+    _add_run_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("minimal-eps", help="smallest L-infinity radius on the grid that changes the prediction",
+                       description="The exact smallest radius, in grid steps, at which some input changes the "
+                                   "prediction: a verified flip at that radius and a proof one step below.")
+    _add_problem_args(p, eps=False, grid_choice=False)
+    _add_route_arg(p)
+    _add_solver_args(p)
+    _add_run_args(p)
     p.set_defaults(func=cmd_minimal_eps)
 
 

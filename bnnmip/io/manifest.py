@@ -55,3 +55,32 @@ def default_slice(model: str | Path) -> Path | None:
     """The shipped test slice the manifest beside ``model`` names for it, if any."""
     model = Path(model)
     return sibling(model.parent, manifest_entry(model).get("slice"))
+
+
+def dataset_mismatch(model: str | Path, data: str | Path) -> str | None:
+    """A warning when the manifest beside ``model`` says it was trained on another dataset than ``data`` holds.
+
+    The data's dataset is the one whose shipped slice the data file is (by file name, in either file's
+    manifest), else the first word of its name when that names a dataset the manifest knows
+    (``mnist_test1000.npz``: mnist).  None when they match or either is unknown.
+    """
+    model, data = Path(model), Path(data)
+    trained_on = manifest_entry(model).get("dataset")
+    if not isinstance(trained_on, str):
+        return None
+    slices = {}
+    for folder in {model.parent, data.parent}:
+        manifest = folder / MANIFEST
+        try:
+            entries = read_manifest(manifest) if manifest.is_file() else []
+        except BnnmipError:
+            entries = []
+        slices.update({e.get("slice"): e.get("dataset") for e in entries if isinstance(e.get("dataset"), str)})
+    known = {d for d in slices.values() if d}
+    holds = slices.get(data.name)
+    if holds is None:
+        word = data.stem.replace("-", "_").split("_")[0].lower()
+        holds = word if word in known else None
+    if holds is None or holds == trained_on:
+        return None
+    return f"{model} was trained on {trained_on} ({model.parent / MANIFEST}), but {data} holds {holds} images"

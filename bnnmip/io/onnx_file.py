@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,11 @@ _TYPED_FIELD = {
 }
 
 
-def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+def read_model(path: str | os.PathLike, *, custom_ops: Collection[tuple[str, str]] = ()) -> onnx.ModelProto:
     """Parse and validate ``path``; external data is checked, read and inlined.
+
+    ``custom_ops`` lists the (domain, op type) pairs of custom domains the caller rewrites into
+    standard ONNX itself (nothing ever runs them); nodes of any other custom domain are refused.
 
     Raises :class:`ModelFileError` for unreadable, non-ONNX or unsafe files and
     :class:`UnsupportedModelError` for an opset outside bnnmip's range.
@@ -61,7 +65,7 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: not an ONNX model (no graph with nodes)")
     if len(model.graph.node) > MAX_NODES:
         raise ModelFileError(f"{path}: {len(model.graph.node):,} nodes, over bnnmip's limit of {MAX_NODES:,}")
-    _check_opset(model, path)
+    _check_opset(model, path, frozenset(custom_ops))
     budget = [MAX_MODEL_BYTES - size]
     for tensor in _all_tensors(model.graph):
         _check_tensor(tensor, path, budget)
@@ -150,7 +154,7 @@ def _find_cycle(graph: onnx.GraphProto, producer: dict[str, int]) -> list[int]:
     return []
 
 
-def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+def _check_opset(model: onnx.ModelProto, path: Path, custom_ops: frozenset[tuple[str, str]]) -> None:
     versions = [op.version for op in model.opset_import if op.domain in ("", "ai.onnx")]
     if not versions:
         raise UnsupportedModelError(f"{path}: no opset for the default ONNX domain is declared")
@@ -160,7 +164,8 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: opset {version} is outside the range bnnmip reads ({MIN_OPSET}..{MAX_OPSET})"
         )
     others = sorted({op.domain for op in model.opset_import} - {"", "ai.onnx"})
-    used = {node.domain for node in model.graph.node} - {"", "ai.onnx"}
+    used = {node.domain for node in model.graph.node if (node.domain, node.op_type) not in custom_ops}
+    used -= {"", "ai.onnx"}
     if used:
         raise UnsupportedModelError(f"{path}: nodes from custom operator domains {sorted(used)} (declared {others})")
 

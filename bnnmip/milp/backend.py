@@ -27,6 +27,7 @@ class Capabilities:
 
     warm_start: bool = False  # takes a start vector (``start=``)
     incumbent_callback: bool = False  # calls ``on_incumbent(values, objective)`` on each improvement
+    progress: bool = False  # calls ``on_progress(incumbent, bound)`` while it solves
     in_place_session: bool = False  # ``open_session(reuse=True)`` updates its native model in place
     threads: bool = False  # honours ``threads=`` > 1
     lp: bool = True  # solves models without integer columns (LP bounds, IProp's input LP)
@@ -43,7 +44,8 @@ class SolveOptions:
     """Everything a solve may be asked, besides the model itself.
 
     ``time_limit`` counts from the call (model building included); ``mip_gap`` (default: closed,
-    1e-9) is the relative gap at which a solver may call its incumbent optimal.
+    1e-9) is the relative gap at which a solver may call its incumbent optimal; ``on_progress(incumbent,
+    bound)`` is called often while the solver works (either may be None: not known yet).
     """
 
     time_limit: float | None = None
@@ -53,6 +55,7 @@ class SolveOptions:
     start: np.ndarray | None = None
     on_incumbent: Callable[[np.ndarray, float], Any] | None = None
     mip_gap: float | None = None
+    on_progress: Callable[[float | None, float | None], Any] | None = None
 
 
 class Session(Protocol):
@@ -69,6 +72,7 @@ class SolverBackend(Protocol):
     """What :mod:`bnnmip.backends` registers: see :class:`bnnmip.backends.base.Backend`."""
 
     name: str
+    title: str  # how people write the solver's name: 'HiGHS'
     capabilities: Capabilities
 
     def solve(self, model: MilpModel, options: SolveOptions) -> MilpSolution: ...

@@ -164,16 +164,18 @@ class MilpModel:
         start: np.ndarray | None = None,
         on_incumbent=None,
         mip_gap: float | None = None,
+        on_progress=None,
     ) -> MilpSolution:
         """Solve with ``backend`` (see :func:`bnnmip.backends.backend_names`; ``solver`` picks CVXPY's solver).
 
         ``start`` is a full column vector used as a warm start; ``on_incumbent(values, objective)``
-        is called on every improving solution and may return True to stop the solve; ``mip_gap``
+        is called on every improving solution and may return True to stop the solve;
+        ``on_progress(incumbent, bound)`` often while the solver works (either may be None); ``mip_gap``
         (default: closed, 1e-9) is the relative gap at which the solver may stop and call the
         solution optimal.  A backend that cannot honour an option (its
         :class:`~bnnmip.milp.backend.Capabilities` say which) raises :class:`~bnnmip.InvalidArgumentError`.
         """
-        options = SolveOptions(time_limit, threads, verbose, solver, start, on_incumbent, mip_gap)
+        options = SolveOptions(time_limit, threads, verbose, solver, start, on_incumbent, mip_gap, on_progress)
         return get_backend(backend).solve(self, options)
 
     def to_highs(self):

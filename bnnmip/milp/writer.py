@@ -3,6 +3,8 @@
 Names are kept (columns ``x_<pixel>``, ``z_<bit>``, ``h<l>_<unit>``; rows ``on_*`` / ``off_*``),
 numbers are written with 17 significant digits so they read back bit for bit, and the objective
 constant is kept (MPS: as ``-RHS`` of the objective row; LP: as a fixed column ``obj_const``).
+A model without columns (every unit fixed by the bounds) gets one column fixed at 0 in MPS: HiGHS
+reads an MPS file without columns as an empty model and drops its objective constant.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MilpModel
 
 SUFFIXES = (".mps", ".lp")
+_EMPTY = "obj_const"  # the MPS column of a model without columns
 
 
 def _num(v: float) -> str:
@@ -69,6 +72,8 @@ def _mps(model: MilpModel) -> str:
         out += [f"    {name}  {rows[i]}  {_num(v)}" for i, v in zip(A.indices[lo:hi].tolist(), A.data[lo:hi].tolist())]
     if in_marker:
         out.append("    MARKER  'MARKER'  'INTEND'")
+    if model.num_cols == 0:
+        out.append(f"    {_EMPTY}  OBJ  0")
     out.append("RHS")
     if model.objective_offset:
         out.append(f"    RHS  OBJ  {_num(-model.objective_offset)}")
@@ -91,6 +96,8 @@ def _mps(model: MilpModel) -> str:
         else:
             out.append(f" LO BND  {name}  {_num(lo)}" if np.isfinite(lo) else f" MI BND  {name}")
             out.append(f" UP BND  {name}  {_num(hi)}" if np.isfinite(hi) else f" PL BND  {name}")
+    if model.num_cols == 0:
+        out.append(f" FX BND  {_EMPTY}  0")
     out.append("ENDATA")
     return "\n".join(out) + "\n"
 

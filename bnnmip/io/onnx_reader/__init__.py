@@ -14,6 +14,10 @@ The reader is a short pipeline, one module a step:
 4. :mod:`.self_check` runs the whole graph in onnxruntime on probe inputs: a model whose float32
    arithmetic does not compute what its constants say (overflow, cancellation) is refused, so a
    model that loads is one the onnxruntime judge agrees with.
+
+Before step 1, :mod:`.reference` rewrites the custom QONNX / FINN ops bnnmip reads into standard
+nodes; the walk, calibration, the self-check and every later judgement by onnxruntime use that
+standard *reference graph* (with a batch fixed at 1 freed), never a custom op.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from ..onnx_file import read_model
 from .calibrate import build_stages
 from .graph import Graph
 from .origin import OnnxOrigin, any_batch
-from .patterns import PATTERNS
+from .patterns import PATTERNS, SHARED
+from .reference import CUSTOM_OPS, judged_model, standard_model
+from .scaled import exact_sum_rows
 from .self_check import self_check
 from .walk import walk
 
@@ -60,17 +66,17 @@ def load_onnx(
     lo, hi = _checked_range(input_range)
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1):
         raise InvalidArgumentError(f"levels={levels!r}: expected a positive integer or None")
-    model = read_model(path)
-    graph = Graph(model, str(path))
-    chain = walk(graph, PATTERNS)
+    model, read_as = standard_model(read_model(path, custom_ops=CUSTOM_OPS), str(path))
+    graph = Graph(model, str(path), read_as)
+    chain = walk(graph, PATTERNS, SHARED)
     layers, binarization = build_stages(chain, graph)
+    reference = any_batch(judged_model(model, chain.batch_targets))
     origin = OnnxOrigin(
-        str(path), any_batch(model).SerializeToString(), graph.input_name, graph.input_shape, chain.logits_name,
-        graph.dtype,
+        str(path), reference.SerializeToString(), graph.input_name, graph.input_shape, chain.logits_name, graph.dtype,
     )
     net = BNN(
         layers=tuple(layers),
-        out_weight=chain.out_weight,
+        out_weight=exact_sum_rows(chain.out_weight),
         out_bias=chain.out_bias,
         input_binarization=binarization,
         input_range=(lo, hi),

@@ -105,6 +105,9 @@ def batch_norm(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
 def linear(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
     """``MatMul`` / ``Gemm`` by a constant weight: a new layer starts (the raw input's map folds in)."""
     W = _linear_weight(state, node, tensor)  # (m, n)
+    if state.kind is Kind.BITS and state.bits_scale != 1.0:
+        W = W * state.bits_scale  # the graph's bits are ±s: the layer reads rows ±c·s (exact in float64)
+    state.bits_scale = 1.0
     m = W.shape[0]
     alpha, beta, gemm = np.ones(m), np.zeros(m), None
     if node.op_type == Op.GEMM:

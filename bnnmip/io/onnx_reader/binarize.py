@@ -1,8 +1,10 @@
 r"""Handlers for binarizers: the nodes that end a layer (or binarize the raw input).
 
-``Sign(y)``, or ``Where(cmp(y, c), p, q)`` with cmp one of ``>=, >, <, <=`` and ``{p, q} = {1, -1}``
-(a two-node idiom), turn the open layer into a threshold stage, written as :math:`+1` iff
-:math:`\sigma y \ge 0` (``> 0`` if strict); on the raw input they form the input binarization.
+``Sign(y)``, or ``Where(cmp(y, c), p, q)`` with cmp one of ``>=, >, <, <=`` and ``{p, q} = {s, -s}``
+(a two-node idiom; ``s = 1`` usually, QONNX's ``BipolarQuant`` may scale), turn the open layer into
+a threshold stage, written as :math:`+1` iff :math:`\sigma y \ge 0` (``> 0`` if strict); on the
+raw input they form the input binarization.  Binarized values the graph scales by ``s`` are ±1 in
+bnnmip, and ``s`` moves into the next layer's weights (:attr:`.walk.WalkState.bits_scale`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .walk import Kind, Stage, Tie, WalkState
 def sign(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
     """``Sign(y)``: +1 iff y >= 0, with ONNX's Sign(0) = 0 as the tie."""
     _refuse_binarized(state, node)
-    return _binarize(state, node, node, 1.0, False, Tie.ZERO)
+    return binarize(state, [node], 1.0, False, Tie.ZERO)
 
 
 #: ``c OP y`` is ``y OP' c``.
@@ -37,7 +39,7 @@ _COMPARE_SIGN = {
 
 
 def compare_where(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
-    """``Where(cmp(y, c), p, q)`` with ``{p, q} = {1, -1}``: two nodes, one binarizer."""
+    """``Where(cmp(y, c), p, q)`` with ``{p, q} = {s, -s}``, ``s != 0``: two nodes, one binarizer."""
     _refuse_binarized(state, node)
     main = list(node.input).index(tensor)
     c0 = state.broadcast(node, state.graph.need_const(node, 1 - main, "the comparison threshold"), "threshold")
@@ -49,10 +51,14 @@ def compare_where(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
     where = users[0]
     p = state.graph.need_const(where, 1, "the value if true")
     q = state.graph.need_const(where, 2, "the value if false")
-    if p.size != 1 or q.size != 1 or {float(p.reshape(-1)[0]), float(q.reshape(-1)[0])} != {1.0, -1.0}:
-        raise UnsupportedModelError(f"{state.where(where)}: binarization must output 1 and -1")
-    sigma, strict = _COMPARE_SIGN[(op, float(p.reshape(-1)[0]) == 1.0)]
-    return _binarize(state, node, where, float(sigma), strict, Tie.MINUS if strict else Tie.PLUS)
+    if p.size != 1 or q.size != 1 or float(p.reshape(-1)[0]) != -float(q.reshape(-1)[0]) or not p.any():
+        raise UnsupportedModelError(
+            f"{state.where(where)}: binarization must output 1 and -1 (or s and -s for one number s != 0, as "
+            f"QONNX's BipolarQuant may scale them), not {p.reshape(-1)[:2].tolist()} and {q.reshape(-1)[:2].tolist()}"
+        )
+    true = float(p.reshape(-1)[0])
+    sigma, strict = _COMPARE_SIGN[(op, true > 0)]
+    return binarize(state, [node, where], float(sigma), strict, Tie.MINUS if strict else Tie.PLUS, abs(true))
 
 
 def _refuse_binarized(state: WalkState, node: onnx.NodeProto) -> None:
@@ -60,9 +66,14 @@ def _refuse_binarized(state: WalkState, node: onnx.NodeProto) -> None:
         raise UnsupportedModelError(f"{state.where(node)}: binarizing values that are already ±1")
 
 
-def _binarize(state: WalkState, node: onnx.NodeProto, out_node: onnx.NodeProto, sigma: float, strict: bool,
-              tie: Tie) -> str:
-    """Close the open layer (or the raw input) as a threshold stage: +1 iff sigma*y >= 0 (> 0 if strict)."""
+def binarize(state: WalkState, nodes: list[onnx.NodeProto], sigma: float, strict: bool, tie: Tie,
+             scale: float = 1.0) -> str:
+    """Close the open layer (or the raw input) as a threshold stage: +1 iff sigma*y >= 0 (> 0 if strict).
+
+    ``nodes`` are the binarizer's nodes in order (calibration reruns them); the graph's binarized
+    values are ``±scale``.  Returns the last node's output.
+    """
+    node, out = nodes[0], nodes[-1].output[0]
     if state.kind is Kind.RAW:
         if len(state.chain.stages):
             raise UnsupportedModelError(f"{state.where(node)}: input binarization after a layer")
@@ -70,11 +81,9 @@ def _binarize(state: WalkState, node: onnx.NodeProto, out_node: onnx.NodeProto, 
     else:
         stage = state.stage
         stage.alpha, stage.beta = state.alpha, state.beta
-        stage.calib_nodes.append(node)
-        if out_node is not node:
-            stage.calib_nodes.append(out_node)
+        stage.calib_nodes.extend(nodes)
     stage.alpha, stage.beta = sigma * stage.alpha, sigma * stage.beta
-    stage.output, stage.tie = out_node.output[0], (Tie.MINUS if strict else tie)
+    stage.output, stage.tie, stage.bits = out, (Tie.MINUS if strict else tie), scale
     state.chain.stages.append(stage)
-    state.kind, state.stage = Kind.BITS, None
-    return out_node.output[0]
+    state.kind, state.stage, state.bits_scale = Kind.BITS, None, scale
+    return out

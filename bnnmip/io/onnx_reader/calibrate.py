@@ -3,25 +3,22 @@ r"""Thresholds: the walk's stages become :class:`~bnnmip.network.Layer` s and th
 A real-valued stage (the input binarization, or a first layer on real inputs) is read in float64:
 :math:`\alpha a + \beta \ge 0 \iff d\,a \ge \theta`.  A stage with ±1 inputs is *calibrated* on
 onnxruntime instead: the layer's own nodes (from the linear product to the binarizer) run on every
-integer pre-activation the layer can see, so the integer thresholds reproduce onnxruntime's float32
-arithmetic exactly, including where ``Sign`` returns 0.
+integer pre-activation the layer can see (:mod:`.stage_model`), so the integer thresholds reproduce
+onnxruntime's float32 arithmetic exactly, including where ``Sign`` returns 0.  Rows scaled to
+±c (fused batch norm, scaled binary weights) are bracketed instead (:mod:`.scaled`).  A real-valued
+layer whose rows are ±c keeps ±1 weights too, with c folded into its thresholds.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ...errors import UnsupportedModelError
 from ...network import InputBinarization, Layer
-from ..runtime import ort_session
 from .graph import Graph
-from .ops import Op
-from .walk import Chain, GemmScale, Stage, Tie
-
-_PRODUCT = "__bnnmip_product"  # the calibration input of a Gemm: its product, before alpha and C
-_SCALED = "__bnnmip_scaled"
+from .scaled import bracketed_outputs, factor_rows, refuse_mixed_rows
+from .stage_model import run_stage
+from .walk import Chain, Stage, Tie
 
 
 def build_stages(chain: Chain, graph: Graph) -> tuple[list[Layer], InputBinarization | None]:
@@ -40,18 +37,9 @@ def build_stages(chain: Chain, graph: Graph) -> tuple[list[Layer], InputBinariza
             binarization = InputBinarization(direction, threshold, np.abs(stage.alpha))
             continue
         if stage.integer:
-            if not np.all(np.abs(stage.weight) == 1):
-                bad = stage.weight[np.abs(stage.weight) != 1].reshape(-1)[0]
-                raise UnsupportedModelError(
-                    f"{graph.where(stage.node)}: weights of a binarized layer must be ±1, found {bad:g}"
-                )
             layers.append(calibrated_layer(stage, graph))
         else:
-            direction, threshold = real_thresholds(stage.alpha, stage.beta, stage.tie is Tie.MINUS)
-            weight = stage.weight * direction[:, None]
-            if np.all(np.abs(weight) == 1):
-                weight = weight.astype(np.int8)
-            layers.append(Layer(weight, threshold, np.abs(stage.alpha), integer=False))
+            layers.append(real_layer(stage))
     _check_finite(chain, graph)
     _check_widths(layers, binarization, graph)
     return layers, binarization
@@ -84,25 +72,63 @@ def real_thresholds(alpha: np.ndarray, beta: np.ndarray, strict: bool) -> tuple[
     return direction, threshold
 
 
+def real_layer(stage: Stage) -> Layer:
+    r"""A layer on real inputs, read in float64; rows ±c keep ±1 weights (:math:`\alpha c\,(S x)`)."""
+    weight, alpha = stage.weight, stage.alpha
+    rows = factor_rows(weight)
+    if rows is not None:
+        weight, alpha = rows[0], alpha * rows[1]
+    direction, threshold = real_thresholds(alpha, stage.beta, stage.tie is Tie.MINUS)
+    weight = weight * direction[:, None]
+    if np.all(np.abs(weight) == 1):
+        weight = weight.astype(np.int8)
+    return Layer(weight, threshold, np.abs(alpha), integer=False)
+
+
 def calibrated_layer(stage: Stage, graph: Graph) -> Layer:
-    """Integer thresholds read off onnxruntime on every pre-activation value the layer can take."""
+    """Integer thresholds read off onnxruntime on every pre-activation value the layer can take.
+
+    Weights ±1 on unscaled ±1 inputs: the products are exact integers, fed to the layer's nodes.
+    Rows ±c: the products are bracketed (:func:`.scaled.bracketed_outputs`), and a pre-activation
+    where rounding may decide either way becomes the unit's threshold, reported as a tie.
+    """
+    rows = factor_rows(stage.weight)
+    if rows is None:
+        raise refuse_mixed_rows(stage, graph)
+    signs, c = rows
     m, r = stage.weight.shape
     values = np.arange(-r, r + 1, 2, dtype=np.float64)  # the fan-in's parity
-    out = _run_stage(stage, graph, np.repeat(values[:, None], m, axis=1))
+    if np.all(c == 1):
+        out = run_stage(stage, graph, np.repeat(values[:, None], m, axis=1))
+    else:
+        out, _ = bracketed_outputs(stage, graph, c, values)
+    slope = stage.alpha * np.where(c > 0, 1.0, 0.0)
+    direction, threshold, sign_ties = read_thresholds(out, values, slope < 0, graph.where(stage.node))
+    weight = (signs * direction[:, None]).astype(np.int8)
+    return Layer(weight, threshold, np.abs(stage.alpha) * c, integer=True, sign_ties=sign_ties)
+
+
+def read_thresholds(out: np.ndarray, values: np.ndarray, negative: np.ndarray,
+                    where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directions, integer thresholds and tie flags from the outputs ``out`` (values × units).
+
+    ``out[k, j]`` is unit j's output at pre-activation ``values[k]`` (0 where the graph outputs
+    ``Sign(0)``, or may decide either way); ``negative`` orients constant units.  A unit is +1 iff
+    ``direction * a >= threshold``; ``sign_ties`` marks a 0 at the threshold.
+    """
+    m, r = out.shape[1], values[-1]
     on = out >= 0
     rising = np.all(on[1:] >= on[:-1], axis=0)
     falling = np.all(on[1:] <= on[:-1], axis=0)
     constant = on.all(axis=0) | (~on).all(axis=0)
     if np.any(~(rising | falling)):
         j = int(np.flatnonzero(~(rising | falling))[0])
-        raise UnsupportedModelError(
-            f"{graph.where(stage.node)}: unit {j} is not a threshold of its pre-activation in onnxruntime"
-        )
+        raise UnsupportedModelError(f"{where}: unit {j} is not a threshold of its pre-activation in onnxruntime")
     if np.any((out == 0).all(axis=0)):
         j = int(np.flatnonzero((out == 0).all(axis=0))[0])
-        raise UnsupportedModelError(f"{graph.where(stage.node)}: unit {j} always outputs Sign(0) = 0, not ±1")
+        raise UnsupportedModelError(f"{where}: unit {j} always outputs Sign(0) = 0, not ±1")
     # Orientation: rising units keep their row, falling ones negate it (a' = -a).
-    flip = falling & ~rising | (constant & (stage.alpha < 0))
+    flip = falling & ~rising | (constant & negative)
     direction = np.where(flip, -1, 1)
     on_oriented = np.where(flip[None, :], on[::-1], on)  # indexed by a' = -r + 2k
     first_on = np.argmax(on_oriented, axis=0)
@@ -113,68 +139,5 @@ def calibrated_layer(stage: Stage, graph: Graph) -> Layer:
     zeros_elsewhere = (out == 0).sum(axis=0) > sign_ties
     if np.any(zeros_elsewhere):
         j = int(np.flatnonzero(zeros_elsewhere)[0])
-        raise UnsupportedModelError(f"{graph.where(stage.node)}: unit {j} outputs 0 at several pre-activations")
-    weight = (stage.weight * direction[:, None]).astype(np.int8)
-    return Layer(weight, threshold.astype(np.float64), np.abs(stage.alpha), integer=True, sign_ties=sign_ties)
-
-
-def _gemm_nodes(gemm: GemmScale, out: str, dtype: type) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes computing Gemm's ``alpha * P + beta * C`` from its product P (fed as ``_PRODUCT``)."""
-    steps, current = [], _PRODUCT
-    if gemm.alpha != 1.0:
-        steps.append((Op.MUL, current, np.asarray(gemm.alpha, dtype), _SCALED))
-        current = _SCALED
-    if gemm.bias is not None:
-        steps.append((Op.ADD, current, np.asarray(gemm.beta * np.asarray(gemm.bias), dtype), out))
-    elif steps:
-        steps[-1] = steps[-1][:3] + (out,)
-    else:
-        steps.append((Op.IDENTITY, current, None, out))
-    nodes, initializers = [], []
-    for op, inp, const, result in steps:
-        inputs = [inp]
-        if const is not None:
-            name = f"{result}__const"
-            initializers.append(onnx.numpy_helper.from_array(np.asarray(const), name))
-            inputs.append(name)
-        nodes.append(helper.make_node(op.value, inputs, [result]))
-    return nodes, initializers
-
-
-def _calibration_model(stage: Stage, graph: Graph, m: int) -> tuple[onnx.ModelProto, str]:
-    """The stage's own nodes as a model fed with pre-activations; (model, name of its input)."""
-    prefix, initializers = ([], []) if stage.gemm is None else _gemm_nodes(stage.gemm, stage.calib_input, graph.dtype)
-    feed = _PRODUCT if stage.gemm is not None else stage.calib_input
-    seen = set()
-    for node in stage.calib_nodes:
-        for name in node.input:
-            if name and name not in seen and graph.const(name) is not None:
-                seen.add(name)
-                initializers.append(onnx.numpy_helper.from_array(np.asarray(graph.const(name)), name))
-    dtype = helper.np_dtype_to_tensor_dtype(np.dtype(graph.dtype))
-    mini = helper.make_model(
-        helper.make_graph(
-            prefix + list(stage.calib_nodes), "calibration",
-            [helper.make_tensor_value_info(feed, dtype, [None, m])],
-            [helper.make_tensor_value_info(stage.output, dtype, None)],
-            initializers,
-        ),
-        opset_imports=[helper.make_opsetid("", graph.opset)],
-        ir_version=graph.model.ir_version,
-    )
-    return mini, feed
-
-
-def _run_stage(stage: Stage, graph: Graph, pre: np.ndarray) -> np.ndarray:
-    """Run the stage's own nodes (linear output → binarizer output) in onnxruntime on ``pre``."""
-    m = pre.shape[1]
-    mini, feed = _calibration_model(stage, graph, m)
-    try:
-        session = ort_session(mini.SerializeToString())
-        (out,) = session.run([stage.output], {feed: pre.astype(graph.dtype)})
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise UnsupportedModelError(f"{graph.where(stage.node)}: onnxruntime cannot run this layer ({e})") from e
-    out = np.asarray(out, np.float64).reshape(len(pre), m)
-    if not np.all(np.isin(out, (-1.0, 0.0, 1.0))):
-        raise UnsupportedModelError(f"{graph.where(stage.node)}: the activation outputs values other than ±1")
-    return out
+        raise UnsupportedModelError(f"{where}: unit {j} outputs 0 at several pre-activations")
+    return direction, threshold.astype(np.float64), sign_ties

@@ -29,10 +29,13 @@ class Graph:
         The validated model.
     path
         Where it came from; every error message starts with it.
+    read_as
+        Output tensor → (node name, op type) to name in error messages, for nodes bnnmip wrote in
+        place of a custom op (see :mod:`.reference`).
     """
 
-    def __init__(self, model: onnx.ModelProto, path: str):
-        self.model, self.path = model, path
+    def __init__(self, model: onnx.ModelProto, path: str, read_as: dict[str, tuple[str, str]] | None = None):
+        self.model, self.path, self.read_as = model, path, dict(read_as or {})
         g = model.graph
         self.opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
         self._values = {t.name: tensor_to_array(t) for t in g.initializer}
@@ -68,7 +71,8 @@ class Graph:
 
     def where(self, node: onnx.NodeProto) -> str:
         """The prefix of an error message about ``node``: file, node name and op type."""
-        return f"{self.path}: node {node.name or node.output[0]!r} ({node.op_type})"
+        name, op = self.read_as.get(node.output[0] if node.output else "", (node.name or node.output[0], node.op_type))
+        return f"{self.path}: node {name!r} ({op})"
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of ``name`` if it is a constant (folding constant subgraphs), else None.
@@ -140,6 +144,7 @@ _UNARY = {
 _BINARY = {
     Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.GREATER_OR_EQUAL: np.greater_equal,
     Op.GREATER: np.greater, Op.LESS: np.less, Op.LESS_OR_EQUAL: np.less_equal, Op.EQUAL: np.equal,
+    Op.POW: np.power,  # Brevitas' TensorNorm writes sqrt(var) as Pow(var, 0.5)
 }
 #: Ops that broadcast their first n inputs: the result's size is checked before numpy allocates it.
 _BROADCASTING = {**{op: 2 for op in _BINARY}, Op.DIV: 2, Op.WHERE: 3}

@@ -35,6 +35,7 @@ class Op(str, Enum):
     MUL = "Mul"
     NEG = "Neg"
     NOT = "Not"
+    POW = "Pow"
     RECIPROCAL = "Reciprocal"
     RESHAPE = "Reshape"
     SIGN = "Sign"

@@ -15,7 +15,7 @@ class OnnxOrigin:
     """Where a BNN came from, enough to rerun the original graph in onnxruntime."""
 
     path: str
-    model_bytes: bytes  # the validated model (external data inlined)
+    model_bytes: bytes  # the reference graph: the validated model as standard ONNX (see .reference)
     input_name: str
     input_shape: tuple[int, ...]  # without the batch dimension
     logits_name: str

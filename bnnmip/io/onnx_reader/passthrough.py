@@ -46,15 +46,36 @@ def flatten(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
 
 
 def reshape(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
-    """``Reshape`` to a constant shape that keeps the batch dimension (0 or -1 first)."""
+    """``Reshape`` to a constant shape that keeps the batch dimension (0 or -1 first).
+
+    A graph exported with a batch of 1 (torch's dynamo exporter, Brevitas, FINN) writes that 1
+    first; the walk accepts it when the graph input's batch is fixed at 1, and the reference graph
+    onnxruntime runs gets ``-1`` there (:func:`.reference.judged_model`).
+    """
     n = int(np.prod(state.shape))
     spec = [int(s) for s in state.graph.need_const(node, 1, "the target shape").reshape(-1)]
-    if len(spec) < 1 or spec[0] not in (0, -1) or (spec[0] == -1 and -1 in spec[1:]):
+    batch_one = len(spec) > 1 and spec[0] == 1 and _input_batch(state) == 1
+    if not batch_one and (len(spec) < 1 or spec[0] not in (0, -1) or (spec[0] == -1 and -1 in spec[1:])):
+        batch = _input_batch(state)
+        hint = (f"; the graph input's batch is fixed at {batch}: export with a batch of 1 or a dynamic batch "
+                "(torch: dynamic_shapes / dynamic_axes)") if batch not in (None, 1) else ""
         raise UnsupportedModelError(
-            f"{state.where(node)}: target shape {spec} must keep the batch dimension (0 or -1 first)"
+            f"{state.where(node)}: target shape {spec} must keep the batch dimension (0 or -1 first){hint}"
         )
-    _set_shape(state, node, _reshape_features(state, node, spec, n, bool(attrs(node).get("allowzero", 0))))
+    features = _reshape_features(state, node, spec, n, bool(attrs(node).get("allowzero", 0)))
+    if batch_one:
+        if state.kind is Kind.PRE:
+            raise UnsupportedModelError(f"{state.where(node)}: a Reshape fixing the batch at 1 inside a layer")
+        state.chain.batch_targets[node.output[0]] = (-1, *features)
+    _set_shape(state, node, features)
     return state.consume(node)
+
+
+def _input_batch(state: WalkState) -> int | None:
+    """The graph input's batch dimension if it is a fixed number, else None."""
+    value = next(v for v in state.graph.model.graph.input if v.name == state.graph.input_name)
+    dim = value.type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
 
 
 def _set_shape(state: WalkState, node: onnx.NodeProto, new: tuple[int, ...]) -> None:

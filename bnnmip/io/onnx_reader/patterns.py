@@ -16,15 +16,21 @@ A handler updates the state in place: the affine map (``alpha``, ``beta``), the 
 records a node calibration must rerun and returns its output.
 
 Adding a pattern is one handler (in the module of its family: :mod:`.passthrough`,
-:mod:`.affine`, :mod:`.binarize`, or a new one) and one entry here.  A multi-node idiom is listed
-under the op type of its first node, before the general handler of that op, and returns ``None``
-when the nodes after it do not match.
+:mod:`.affine`, :mod:`.binarize`, :mod:`.idioms`, or a new one) and one entry here.  A multi-node
+idiom is listed under the op type of its first node, before the general handler of that op, and
+returns ``None`` when the nodes after it do not match.  An idiom that reads one tensor in several
+nodes is listed in :data:`SHARED` instead: only those may take a tensor that feeds several nodes.
+
+Custom QONNX / FINN ops never reach the table: :mod:`.reference` rewrites them as standard nodes
+first (``BipolarQuant`` and ``MultiThreshold`` become ``Where(GreaterOrEqual(...))``, read by
+:func:`.binarize.compare_where`, or folded on weights).
 """
 
 from __future__ import annotations
 
 from .affine import add, batch_norm, div, linear, mul, neg, sub
 from .binarize import COMPARISONS, compare_where, sign
+from .idioms import detach_ste, double_sign
 from .ops import Op
 from .passthrough import cast, dropout, flatten, pass_through, reshape, softmax_tail
 from .walk import Handler
@@ -44,8 +50,13 @@ PATTERNS: dict[str, tuple[Handler, ...]] = {
     Op.DIV: (div,),
     Op.NEG: (neg,),
     Op.BATCH_NORM: (batch_norm,),
-    Op.SIGN: (sign,),
+    Op.SIGN: (double_sign, sign),
     **{op: (compare_where,) for op in COMPARISONS},
     Op.SOFTMAX: (softmax_tail,),
     Op.LOG_SOFTMAX: (softmax_tail,),
+}
+
+#: Idioms that read one tensor in several nodes, keyed by the op type of the first of them.
+SHARED: dict[str, tuple[Handler, ...]] = {
+    Op.SIGN: (detach_ste,),
 }

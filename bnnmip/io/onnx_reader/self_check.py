@@ -41,6 +41,7 @@ def self_check(net: BNN, chain: Chain, graph: Graph) -> None:
     """
     first = net.threshold_stages[0]
     real_first = not getattr(first, "integer", False)  # InputBinarization, or a real-valued layer 1
+    _check_reach(net, chain, graph)
     names = [chain.logits_name] + ([chain.stages[0].output] if real_first else [])
     X = _probe_inputs(net)
     results = _run_graph(net, graph, names, X)
@@ -52,9 +53,32 @@ def self_check(net: BNN, chain: Chain, graph: Graph) -> None:
         )
     rows = np.ones(len(X), bool)
     if real_first:
-        rows = _check_first_stage(net, X, results[1], graph.where(chain.stages[0].node))
+        rows = _check_first_stage(net, X, results[1] / chain.stages[0].bits, graph.where(chain.stages[0].node))
     rows[tie_inputs(net, X)] = False  # ONNX Sign(0) = 0 where bnnmip reads +1: not a disagreement
     _check_logits(net.logits(X[rows]), theirs[rows], graph)
+
+
+def _check_reach(net: BNN, chain: Chain, graph: Graph) -> None:
+    r"""A binarizer that computes a sign only for |y| below a bound must stay below it on every input.
+
+    :math:`|y_j| \le |\alpha_j| \sum_i |W_{ji}|\, \rho + |\beta_j|` with :math:`\rho = \max(|lo|, |hi|)`
+    for a stage on the raw input and 1 on ±1 inputs (the detach straight-through idiom computes a sign
+    only below :math:`2^{24}` in float32).
+    """
+    reach = max(abs(net.input_range[0]), abs(net.input_range[1]))
+    for k, stage in enumerate(chain.stages):
+        if not np.isfinite(stage.exact_below):
+            continue
+        rho = reach if k == 0 and not stage.integer else 1.0
+        spread = rho if stage.weight is None else np.abs(stage.weight).sum(axis=1) * rho
+        bound = np.abs(stage.alpha.reshape(-1)) * spread + np.abs(stage.beta.reshape(-1))
+        if np.any(bound * (1 + 2.0**-20) >= stage.exact_below):
+            j = int(np.argmax(bound))
+            raise ExactnessError(
+                f"{graph.where(graph.producer[stage.output])}: unit {j} reaches |y| = {bound[j]:.6g} on the "
+                f"input range, where the straight-through idiom y + (sign(y) - y) is no longer a sign in "
+                f"{np.dtype(graph.dtype)} (exact below {stage.exact_below:g})"
+            )
 
 
 def _run_graph(net: BNN, graph: Graph, names: list[str], X: np.ndarray) -> list[np.ndarray]:

@@ -61,6 +61,8 @@ class Stage:
     gemm: GemmScale | None = None  # a Gemm's scale and bias, rebuilt as nodes for calibration
     output: str = ""
     tie: Tie = Tie.PLUS
+    exact_below: float = np.inf  # the binarizer computes a sign only where |y| is below this
+    bits: float = 1.0  # the binarizer outputs ±bits in the graph
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Chain:
     out_weight: np.ndarray | None = None
     out_bias: np.ndarray | None = None
     logits_name: str = ""
+    batch_targets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # Reshape output -> target, batch -1
 
     def tie_rule(self) -> str:
         """The tie rule of the network, in words (mixed if the stages differ)."""
@@ -99,6 +102,7 @@ class WalkState:
     kind: Kind = Kind.RAW
     stage: Stage | None = None  # the open linear layer, between its product and its binarizer
     chain: Chain = field(default_factory=Chain)
+    bits_scale: float = 1.0  # the graph's binarized values are ±bits_scale (bnnmip's are ±1)
 
     @classmethod
     def start(cls, graph: Graph) -> WalkState:
@@ -156,7 +160,8 @@ Handler = Callable[[WalkState, onnx.NodeProto, str], str | None]
 _AFTER_SOFTMAX = frozenset({Op.IDENTITY, Op.CAST})
 
 
-def walk(graph: Graph, patterns: Mapping[str, Sequence[Handler]]) -> Chain:
+def walk(graph: Graph, patterns: Mapping[str, Sequence[Handler]],
+         shared: Mapping[str, Sequence[Handler]] | None = None) -> Chain:
     """Consume the chain of nodes from the graph input to its output.
 
     Parameters
@@ -165,6 +170,10 @@ def walk(graph: Graph, patterns: Mapping[str, Sequence[Handler]]) -> Chain:
         The graph index.
     patterns
         Op type → handlers, tried in order until one takes the node (:data:`.patterns.PATTERNS`).
+    shared
+        Op type → handlers of idioms that read one tensor in several nodes
+        (:data:`.patterns.SHARED`), keyed by the op type of the first of those nodes; they alone
+        may take a tensor that feeds several nodes.
 
     Returns
     -------
@@ -184,12 +193,24 @@ def walk(graph: Graph, patterns: Mapping[str, Sequence[Handler]]) -> Chain:
         if not users:
             break
         if len(users) > 1:
-            names = [n.name or n.op_type for n in users]
-            raise UnsupportedModelError(
-                f"{graph.path}: tensor {tensor!r} feeds several nodes {names}; bnnmip reads a chain of layers"
-            )
-        tensor = _step(state, users[0], tensor, patterns)
+            tensor = _step_shared(state, users, tensor, shared or {})
+        else:
+            tensor = _step(state, users[0], tensor, patterns)
     return _finish(state, tensor)
+
+
+def _step_shared(state: WalkState, users: list[onnx.NodeProto], tensor: str,
+                 shared: Mapping[str, Sequence[Handler]]) -> str:
+    """A tensor read by several nodes: an idiom that consumes them all (the first one in graph order)."""
+    for handler in shared.get(users[0].op_type, ()):
+        out = handler(state, users[0], tensor)
+        if out is not None:
+            return out
+    names = [f"{n.name or n.output[0]} ({n.op_type})" for n in users]
+    raise UnsupportedModelError(
+        f"{state.graph.path}: tensor {tensor!r} feeds several nodes {names}; bnnmip reads a chain of layers "
+        "(of the idioms that read one tensor twice, it knows the straight-through x + (sign(x) - x).detach())"
+    )
 
 
 def _step(state: WalkState, node: onnx.NodeProto, tensor: str, patterns: Mapping[str, Sequence[Handler]]) -> str:
