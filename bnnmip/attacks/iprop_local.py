@@ -46,8 +46,6 @@ from .iprop_layers import LayerData
 BETA = 0.75  # share of a target's weight paid for progress short of crossing its threshold
 _LOOKAHEAD = True
 _ROUNDS = 6  # Lagrangian rounds of the pixel heuristic (each one a candidate)
-# Shares of the moving pixels (largest |score| first) the pixel heuristic tries moving.
-_PREFIXES = np.array([1 / 64, 1 / 32, 1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0])
 
 
 @dataclass(frozen=True)
@@ -175,29 +173,6 @@ class LocalInput(_Stage):
         r = self.requirement(self.s(inp), toward)
         return np.where(reach > 0, np.maximum(r, 0.0) / np.maximum(reach, 1e-12), np.inf)
 
-    def _sparsest_best(self, inp, full, score, r, w, e):
-        """(v, progress, value): the best of the moves that apply ``full``'s changes only to the
-        pixels of largest ``|score|`` (a prefix of them; :data:`_PREFIXES` sizes)."""
-        dv = (full - inp).astype(np.float32)
-        moving = np.flatnonzero(dv)
-        order = moving[np.argsort(-np.abs(score[moving]), kind="stable")]
-        sizes = np.unique(np.ceil(len(order) * _PREFIXES).astype(int))
-        sizes = sizes[sizes > 0]
-        if not len(sizes):
-            return inp.copy(), np.zeros(len(r)), 0.0
-        P = np.zeros((len(sizes), len(r)), np.float32)
-        start, acc = 0, np.zeros(len(r), np.float32)
-        for i, size in enumerate(sizes):
-            idx = order[start:size]
-            acc += dv[idx] @ self.CT[idx]
-            P[i], start = acc, size
-        p = e * P.astype(np.float64)
-        values = phi(p, r, w).sum(axis=1)
-        best = int(np.argmax(values))
-        v = inp.copy()
-        v[order[:sizes[best]]] = full[order[:sizes[best]]]
-        return v, p[best], float(values[best])
-
     def solve(self, inp: np.ndarray, goals: Goals, S: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Candidate values of the pixel columns (grid steps or values), best first; [] if none."""
         r, w, e = self.weighted(inp, goals)
@@ -213,9 +188,10 @@ class LocalInput(_Stage):
         for _ in range(_ROUNDS):
             score = (self.CT @ (e * (lam + mu)).astype(np.float32)).astype(np.float64)
             score += rng.standard_normal(len(score)) * 1e-3 * (np.abs(score).max(initial=0.0) + 1e-12)
-            v, p, value = self._sparsest_best(inp, np.where(score > 0, hi, np.where(score < 0, lo, inp)), score,
-                                              r, w, e)
-            key = (v - inp).tobytes()
+            v = np.where(score > 0, hi, np.where(score < 0, lo, inp))
+            p = e * self.s(v - inp)
+            value = float(phi(p, r, w).sum())
+            key = np.sign(score).tobytes()
             if key not in seen:
                 seen.add(key)
                 out.append((value, v))
