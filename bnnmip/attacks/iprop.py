@@ -5,7 +5,9 @@ IProp replaces the one hard attack MILP by many small layer-local ones.  From th
 :math:`f = g \cdot h_D + \mathrm{const}`, :math:`g = A_t - A_c`, one iteration
 
 1. **goals at the top**: every free unit of layer :math:`D` should take the sign of :math:`g_j`,
-   with weight :math:`|g_j|` (so the top subproblem maximises a smoothed change of :math:`f`);
+   with weight :math:`|g_j|` times a fresh log-normal factor (so the top subproblem maximises a
+   smoothed change of :math:`f`, and each iteration asks for a different mix of units: the
+   paper samples its top targets);
 2. **propagates down**: for :math:`l = D..2` chooses at most :math:`S` flips of :math:`h_{l-1}`
    maximising the layer-local MAX-SAT objective of :mod:`~bnnmip.attacks.iprop_local` (satisfied
    targets, broken keeps, partial credit for progress) minus what each flip costs the layer below
@@ -20,9 +22,12 @@ IProp replaces the one hard attack MILP by many small layer-local ones.  From th
    restarts near the best input so far.  Untargeted, each iteration aims at the current runner-up.
 
 ``solver='local'`` (the default) solves the layer problems natively (greedy MAX-SAT local search
-and a Lagrangian pixel heuristic, :mod:`~bnnmip.attacks.iprop_local`); ``solver='milp'`` solves
-them exactly with ``backend`` (:mod:`~bnnmip.attacks.iprop_layers`: MILPs over ±1 layers and an
-LP over the pixels, built once and updated in place; ``reuse=False`` rebuilds them every time).
+and a Lagrangian pixel heuristic, :mod:`~bnnmip.attacks.iprop_local`: well under a millisecond
+per ±1 layer); ``solver='milp'`` solves the same layer problems exactly with ``backend``
+(:mod:`~bnnmip.attacks.iprop_layers`: MILPs over ±1 layers and an LP over the pixels — an integer
+program over grid steps on CP-SAT, which solves no LPs — built once and updated in place;
+``reuse=False`` rebuilds them every time).  ``benchmarks/iprop_subproblems.py`` measures the
+native solutions against the exact optima.
 """
 
 from __future__ import annotations
@@ -47,10 +52,19 @@ from .tracker import Tracker
 SOLVERS = ("local", "milp")
 _STEPS = (1, 2, 3, 5, 8, 13)  # the step size S: ±1 input changes, or grid steps per pixel
 _PATIENCE = 32  # failed proposals before a restart
-_RESTART = "escalate"
-_SCHEDULE = "walk"
-_COST = 0.25  # a flip's cost to the layer below, in mean target weights per unit of hardness
-_TOP_NOISE = 0.5  # sigma of the log-normal factors on the top units' weights
+# Restarts after _PATIENCE failures, from (measured on near-miss tuning images, seed 1; flips at
+# 10 s of 12 / at 60 s of 8): 'perturb' the best input with a tenth of its pixels redrawn (6 / 7),
+# 'escalate' as perturb with 5-80 % redrawn (3 / 6), 'random' a uniform point of the box (2 / 6),
+# 'clean' the clean input.  Step schedule on failure: 'walk' S one step up or down at random
+# (6 / 7 with perturb), 'fixed' S = 3 (1 / 5 with escalate), 'cycle' through the steps.
+RESTARTS = ("perturb", "escalate", "random", "clean")
+SCHEDULES = ("walk", "fixed", "cycle")
+# A flip's cost to the layer below, in mean target weights per unit of hardness (0, 0.25, 1.0
+# flipped 33, 37, 29 of 186 hard pairs)
+_COST = 0.25
+# sigma of the log-normal factors on the top units' weights (tuning images, 3 s: without them
+# IProp repeats the same failing proposal; 0.25, 0.5, 1.0 flipped 52, 55, 48 of 186 hard pairs)
+_TOP_NOISE = 0.5
 
 
 def _changes_needed(a: np.ndarray, theta: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -85,6 +99,7 @@ class _IProp:
         if not self.local and reuse:
             self.solvers = {k: layer_solver(d, *self.solver_options) for k, d in self.layers.items()}
         self.iterations = self.accepted = self.restarts = self.candidates = 0
+        self.restart, self.schedule = "perturb", "walk"
 
     # ------------------------------------------------------------------ scoring
     def score_batch(self, X: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,9 +242,9 @@ class _IProp:
                     self.accepted += 1
                     continue
             failures += 1
-            if _SCHEDULE == "walk":
+            if self.schedule == "walk":
                 step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
-            elif _SCHEDULE == "cycle":
+            elif self.schedule == "cycle":
                 step = (step + 1) % len(_STEPS)
             if failures >= _PATIENCE:
                 self.restarts += 1
@@ -240,16 +255,17 @@ class _IProp:
                 acts = self.net.forward(x)
 
     def _restart_point(self, x_best: np.ndarray, x0: np.ndarray) -> np.ndarray:
-        """The best input so far with a random tenth of its free pixels moved inside the box."""
-        if _RESTART == "clean":
+        """Where a restart starts (:data:`RESTARTS`): by default the best input so far with a random
+        tenth of its free pixels redrawn inside the box."""
+        if self.restart == "clean":
             return self.box.snap(x0)
-        if _RESTART == "random":
+        if self.restart == "random":
             return self.box.random(self.rng, 1)[0]
         x = x_best.copy()
         movable = np.flatnonzero(self.box.open)
         if len(movable) == 0:
             return x
-        share = 0.1 if _RESTART == "perturb" else min(0.8, 0.05 * 2 ** ((self.restarts - 1) % 5))
+        share = 0.1 if self.restart == "perturb" else min(0.8, 0.05 * 2 ** ((self.restarts - 1) % 5))
         pick = self.rng.choice(movable, size=max(1, int(len(movable) * share)), replace=False)
         x[pick] = self.box.random(self.rng, 1, pick)[0]
         return x
@@ -273,6 +289,8 @@ def iprop_attack(
     sub_time_limit: float = 0.3,
     mip_gap: float = 0.05,
     max_iterations: int | None = None,
+    restart: str = "perturb",
+    schedule: str = "walk",
     progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).
@@ -281,10 +299,14 @@ def iprop_attack(
     clean input).  ``solver`` picks how the layer problems are solved: 'local' (native local
     search, the default) or 'milp' (exactly, by ``backend``; ``reuse=False`` rebuilds every
     layer-local model at every solve, to measure what in-place updates save).  IProp never
-    claims 'robust'.  ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`)
-    hears the best objective as it improves; quiet by default.
+    claims 'robust'.  ``restart`` and ``schedule`` pick where restarts start and how the step
+    size moves after a failure (:data:`RESTARTS`, :data:`SCHEDULES`; the defaults measured best).
+    ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`) hears the best
+    objective as it improves; quiet by default.
     """
     check_choice(solver, SOLVERS, "solver")
+    check_choice(restart, RESTARTS, "restart")
+    check_choice(schedule, SCHEDULES, "schedule")
     if solver == "local" and not reuse:
         raise InvalidArgumentError("reuse=False: only solver='milp' builds layer models to reuse")
     deadline = Deadline.start(time_limit)
@@ -297,6 +319,7 @@ def iprop_attack(
         tracker.offer(box.snap(x0))
     state = _IProp(net, tracker, box, solver, backend, reuse, threads, np.random.default_rng(seed), sub_time_limit,
                    mip_gap)
+    state.restart, state.schedule = restart, schedule
     state.run(x0, deadline.end, max_iterations)
     details = {"iterations": state.iterations, "accepted": state.accepted, "restarts": state.restarts,
                "candidates": state.candidates}

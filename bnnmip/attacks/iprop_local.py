@@ -43,7 +43,11 @@ import numpy as np
 
 from .iprop_layers import LayerData
 
-BETA = 0.75  # share of a target's weight paid for progress short of crossing its threshold
+# Share of a target's weight paid for progress short of crossing its threshold (tuning images,
+# 3 s: 0.25, 0.5, 0.75, 0.9 flipped 26, 37, 48, 45 of 186 hard pairs).
+BETA = 0.75
+# Greedy with lookahead (keep the best prefix of S steps) rather than stop at the first losing
+# flip: 0.99 of the exact optimum instead of 0.93, and 55 rather than 50 of 186 hard pairs.
 _LOOKAHEAD = True
 _ROUNDS = 6  # Lagrangian rounds of the pixel heuristic (each one a candidate)
 

@@ -108,6 +108,18 @@ def test_refusals_are_clear(tmp_path):
         iprop_attack(net, x, 0.1, time_limit=1, solver="tabu")
     with pytest.raises(InvalidArgumentError, match="reuse=False"):
         iprop_attack(net, x, 0.1, time_limit=1, reuse=False)
+    with pytest.raises(InvalidArgumentError, match="restart"):
+        iprop_attack(net, x, 0.1, time_limit=1, restart="never")
+
+
+@pytest.mark.parametrize("restart,schedule", [("perturb", "walk"), ("escalate", "cycle"), ("random", "fixed"),
+                                              ("clean", "walk")])
+def test_every_restart_and_schedule_stays_in_the_box(tmp_path, restart, schedule):
+    net, rng = _net(tmp_path, 4, widths=(6, 6, 5))
+    x = rng.integers(0, net.levels + 1, net.n_inputs) / net.levels
+    r = iprop_attack(net, x, 1 / net.levels, time_limit=0.5, seed=1, restart=restart, schedule=schedule)
+    assert r.x_best is not None and np.abs(r.x_best - x).max() <= 1 / net.levels + 1e-9
+    assert r.status != "adversarial" or r.verified
 
 
 def test_continuous_inputs_and_the_chains(tmp_path):
