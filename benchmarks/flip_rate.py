@@ -25,8 +25,9 @@ from pathlib import Path
 from bnnmip.bench.config import load_config
 from bnnmip.bench.jobs import expand
 from bnnmip.bench.report import SummaryLine, arch_key, format_table, summarize
+from bnnmip.bench.rows import write_csv
 from bnnmip.bench.runner import run
-from bnnmip.bench.store import ResultStore, write_csv
+from bnnmip.bench.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("pgd", "iprop", "iprop+pgd", "milp", "best")

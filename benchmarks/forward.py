@@ -41,6 +41,7 @@ import onnxruntime as ort
 
 import bnnmip
 from bnnmip.io.datasets import load_npz
+from bnnmip.kernel import describe
 from bnnmip.threads import n_threads, single_threaded_blas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bnnmip {bnnmip.__version__}, numpy {np.__version__}, onnxruntime {ort.__version__} (1 thread), "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, bnnmip threads {n_threads()} "
-          f"(from 2,048 rows), load average {os.getloadavg()[0]:.2f}")
+          f"(from 2,048 rows), {describe()}, load average {os.getloadavg()[0]:.2f}")
     print(f"{args.reps} paired repetitions per model and size, order alternating; a sample is the mean of "
           f"back-to-back calls\n")
     print(f"{'model':<14} {'rows':>6} {'bnnmip':>10} {'ort':>10} {'ratio':>6} {'(IQR)':>11} {'agree':>7}")

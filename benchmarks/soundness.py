@@ -24,7 +24,7 @@ against onnxruntime.
     python benchmarks/soundness.py --grid 100 --continuous 30 --workers 1
 
 The figures printed: networks, attack cases, verdicts per method, violations (must be 0).
-``tests/test_soundness.py`` runs a small sample of the same checks.
+``tests/system/test_soundness.py`` runs a small sample of the same checks.
 """
 
 from __future__ import annotations

@@ -39,8 +39,9 @@ import bnnmip
 from bnnmip.bench.config import parse_config
 from bnnmip.bench.jobs import expand
 from bnnmip.bench.report import arch_key
+from bnnmip.bench.rows import write_csv
 from bnnmip.bench.runner import run
-from bnnmip.bench.store import ResultStore, write_csv
+from bnnmip.bench.store import ResultStore
 from bnnmip.io.datasets import load_npz
 from bnnmip.io.manifest import read_manifest
 
@@ -61,9 +62,10 @@ def image_indices(entry: dict, start: int, n: int) -> list[int]:
 
 
 def config(name: str, entries: list[dict], indices: dict, radii: list[int], methods: list[str], options: dict,
-           backends: list[str], time_limit: float, db: Path):
+           backends: list[str], time_limit: float):
+    # The database is given to run() (--db): a configuration may only name one inside the repository.
     data = {"name": name, "time_limit": time_limit, "threads": 1, "levels": 255, "methods": methods,
-            "backends": backends, "options": options, "db": str(db),
+            "backends": backends, "options": options,
             "models": [{"file": str(MODELS / e["file"]), "images": {"indices": indices[e["file"]]},
                         "eps_levels": radii} for e in entries]}
     return parse_config(data, ROOT / f"{name}.toml")
@@ -77,18 +79,18 @@ def configs(args) -> list:
     n_max = max(args.images, args.route_images, args.milp_images, args.other_images)
     chosen = {e["file"]: image_indices(e, args.start, n_max) for e in entries}
     first = lambda n: {f: v[:n] for f, v in chosen.items()}  # noqa: E731
-    db, t = Path(args.db), args.time_limit
+    t = args.time_limit
     others = [e for e in entries if e not in route_entries]
     out = [config("verify_auto", route_entries, first(args.images), [1, 2, 3], ["exact"],
-                  {"exact": {"route": "auto"}}, ["highs"], t, db),
+                  {"exact": {"route": "auto"}}, ["highs"], t),
            config("verify_auto_others", others, first(args.other_images), [1, 2], ["exact"],
-                  {"exact": {"route": "auto"}}, ["highs"], t, db)]
+                  {"exact": {"route": "auto"}}, ["highs"], t)]
     for route in ("cpsat", "bab", "enumerate"):
         out.append(config(f"verify_{route}", route_entries, first(args.route_images), [1, 2], ["exact"],
-                          {"exact": {"route": route}}, ["highs"], t, db))
+                          {"exact": {"route": route}}, ["highs"], t))
     out.append(config("verify_milp_routes", route_entries, first(args.route_images), [1, 2], ["milp"], {},
-                      ["highs", "scip"], t, db))
-    out.append(config("verify_milp", real, first(args.milp_images), [1, 2], ["milp"], {}, ["highs"], t, db))
+                      ["highs", "scip"], t))
+    out.append(config("verify_milp", real, first(args.milp_images), [1, 2], ["milp"], {}, ["highs"], t))
     return out
 
 

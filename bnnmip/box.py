@@ -155,7 +155,7 @@ def input_box(net: BNN, x, eps, levels: int | None = None) -> InputBox:
     ``eps`` of ``x``, and also says which steps ``k`` they are.
     """
     x, eps = check_input(net, x), check_eps(eps)
-    levels = check_levels(levels) or net.levels
+    levels = check_levels(net.levels if levels is None else levels)  # a network built by hand is checked too
     lo, hi = net.input_range
     lower, upper = np.maximum(x - eps, lo), np.minimum(x + eps, hi)
     radius = grid_radius(eps, levels, net.input_range)

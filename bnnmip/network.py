@@ -29,8 +29,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .float32 import near_threshold, row_abs_sum, unit_signs
-from .fused import FusedForward
-from .threads import CHUNK_ROWS, buffer, run_chunks, single_threaded_blas
+from .threads import single_threaded_blas
 
 _U32 = 2.0**-24  # unit roundoff of float32
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -290,11 +289,10 @@ class BNN:
     def logits(self, X) -> np.ndarray:
         """Logits ``A h_D + c`` of a batch (n, n_classes), float64.
 
-        The fast path: one float32 matrix product and one sign per layer with exact decisions (see
-        :mod:`bnnmip.fused`, and :meth:`Layer.signs` for inputs that kernel does not take), with
-        single-threaded BLAS; batches of :data:`~bnnmip.threads.PARALLEL_ROWS` rows or more run in
-        row chunks on :func:`~bnnmip.threads.n_threads` threads.  It decides every unit as
-        :meth:`forward` does (up to float64 rounding on a real layer, i.e. for pre-activations
+        The fast path (:mod:`bnnmip.fastpath`): the compiled integer kernel where it is built and
+        the inputs are on the input grid, else float32 products with exact decisions; large
+        batches in row chunks on :func:`~bnnmip.threads.n_threads` threads.  It decides every unit
+        as :meth:`forward` does (up to float64 rounding on a real layer, i.e. for pre-activations
         within about 1e-13 of a threshold); float32 inputs are taken as they are, others are read
         in float64.
         """
@@ -305,11 +303,7 @@ class BNN:
         elif X.ndim != 2:
             X = X.reshape(len(X), -1)
         out = np.empty((len(X), self.n_classes))
-        with single_threaded_blas():
-            if len(X) <= CHUNK_ROWS:
-                self._logits_chunk(X, out)
-            else:
-                run_chunks(lambda start, stop: self._logits_chunk(X[start:stop], out[start:stop]), len(X))
+        self._fast(X, out)
         return out
 
     @cached_property
@@ -317,45 +311,15 @@ class BNN:
         return (self.n_inputs,)
 
     @cached_property
-    def _fused(self) -> FusedForward | None:
-        return FusedForward.of(self)
+    def _fast(self):
+        from .fastpath import FastPath  # the engines import nothing of this module
 
-    def _logits_chunk(self, x: np.ndarray, out: np.ndarray) -> None:
-        """:meth:`logits` of the rows ``x`` into ``out``: the fused kernel, else the general path."""
-        fused = self._fused
-        if fused is None or not fused(x, out):
-            self._logits_general(x, out)
+        return FastPath(self)
 
-    def _logits_general(self, x: np.ndarray, out: np.ndarray) -> None:
-        """:meth:`logits` of the rows ``x`` into ``out``, layer by layer in per-thread buffers."""
-        r = len(x)
-        x64 = x if x.dtype == np.float64 else None
-        x32 = x
-        if x64 is not None:
-            x32 = buffer(0, x.shape, np.float32)
-            with np.errstate(over="ignore"):  # beyond float32's range: refined in float64 (see signs)
-                np.copyto(x32, x64)
-        abs_sum = row_abs_sum(x32)  # non-finite exactly where x has NaN, inf or a float32 overflow
-        if not np.isfinite(abs_sum).all():
-            _check_finite(x, "X")
-        inp, inp64 = x32, x64
-        ib = self.input_binarization
-        if ib is not None:
-            xf = x64 if x64 is not None else x32.astype(np.float64)
-            inp = np.where(xf * ib.direction >= ib.threshold, np.float32(1), np.float32(-1))
-            inp64 = None
-        for i, layer in enumerate(self.layers):
-            real = ib is None and i == 0
-            inp = layer.signs(inp, inp64, buffer(1 + i % 2, (r, layer.width), np.float32), abs_sum if real else None)
-            inp64 = None
-        h = buffer(6, inp.shape, np.float64)
-        np.copyto(h, inp)
-        np.matmul(h, self._out_weight_t, out=out)
-        out += self.out_bias
-
-    @cached_property
-    def _out_weight_t(self) -> np.ndarray:
-        return np.ascontiguousarray(self.out_weight.T, dtype=np.float64)
+    @property
+    def _fused(self):
+        """The fused float32 kernel (:mod:`bnnmip.fused`), None with input binarization."""
+        return self._fast.fused
 
     def predict(self, X) -> np.ndarray:
         """Predicted classes (argmax of the logits, lowest index on ties)."""

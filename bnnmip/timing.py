@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
+MAX_TIME_LIMIT = 10**7
+"""The longest time limit accepted, in seconds (about 16 weeks): longer is a typo, and ``inf`` would
+let an attack that restarts until its time is up (PGD) run forever.  ``None`` is the way to ask for
+no limit, where a method has a budget of its own."""
+
 
 def check_time_limit(time_limit) -> float | None:
-    """``time_limit`` as positive finite seconds, or None (no limit); a clear error otherwise."""
+    """``time_limit`` as positive finite seconds up to :data:`MAX_TIME_LIMIT`, or None (no limit)."""
     if time_limit is None:
         return None
     try:
@@ -24,6 +29,9 @@ def check_time_limit(time_limit) -> float | None:
         raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a number of seconds") from None
     if not value > 0 or math.isnan(value):
         raise InvalidArgumentError(f"time_limit={time_limit!r}: expected a positive number of seconds")
+    if value > MAX_TIME_LIMIT:
+        raise InvalidArgumentError(f"time_limit={time_limit!r}: over bnnmip's limit of {MAX_TIME_LIMIT:,} seconds "
+                                   "(for no limit, give None where the method allows it)")
     return value
 
 

@@ -35,7 +35,7 @@ def check_levels(levels, name: str = "levels") -> int | None:
     if levels is None:
         return None
     if not _is_int(levels) or not 1 <= levels <= MAX_LEVELS:
-        raise InvalidArgumentError(f"{name}={levels!r}: expected an integer in 1..{MAX_LEVELS:,} or None")
+        raise InvalidArgumentError(f"{name}={levels!r}: expected a positive integer up to {MAX_LEVELS:,} or None")
     return int(levels)
 
 
@@ -43,6 +43,17 @@ def check_positive_int(value, name: str) -> int:
     if not _is_int(value) or value < 1:
         raise InvalidArgumentError(f"{name}={value!r}: expected a positive integer")
     return int(value)
+
+
+MAX_THREADS = 256
+"""Solver threads of one solve: more is a typo (and can exhaust the process's threads)."""
+
+
+def check_threads(value, name: str = "threads") -> int | None:
+    """Solver threads: an integer in 1..:data:`MAX_THREADS`, or None (the solver's default)."""
+    if value is not None and (not _is_int(value) or not 1 <= value <= MAX_THREADS):
+        raise InvalidArgumentError(f"{name}={value!r}: expected an integer in 1..{MAX_THREADS} or None")
+    return None if value is None else int(value)
 
 
 def check_optional_positive_int(value, name: str) -> int | None:

@@ -3,24 +3,20 @@ pre-activation inside [lower, upper], and every fixed unit takes its fixed sign.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
 
 import bnnmip
-from bnnmip.io.datasets import load_npz
-from bnnmip.io.onnx_writer import random_params, to_onnx
+from bnnmip.io.onnx_writer import random_params
+from tests.helpers import saved_net, shipped_inputs, shipped_net
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 SOUNDNESS_MODELS = ("fmnist_2x100", "mnist_3x100", "fmnist_5x100")
 N_POINTS = 10_000
 
 
 def _image(name: str, index: int = 0) -> np.ndarray:
-    slice_file = "fmnist_test100.npz" if name.startswith("fmnist") else "mnist_test1000.npz"
-    return load_npz(MODELS / slice_file).inputs()[index]
+    slice_name = "fmnist_test100" if name.startswith("fmnist") else "mnist_test1000"
+    return shipped_inputs(slice_name)[index]
 
 
 def _box_points(rng, lower, upper, n: int) -> np.ndarray:
@@ -57,7 +53,7 @@ def _assert_sound(net, bounds, X):
 
 @pytest.mark.parametrize("name", SOUNDNESS_MODELS)
 def test_sound_on_the_box(name):
-    net = bnnmip.load_onnx(MODELS / f"{name}.onnx")
+    net = shipped_net(name)
     x, eps = _image(name), 0.03
     bounds = bnnmip.interval_bounds(net, x, eps)
     lower, upper = np.maximum(x - eps, 0), np.minimum(x + eps, 1)
@@ -68,18 +64,18 @@ def test_sound_on_the_box(name):
 
 @pytest.mark.parametrize("name", SOUNDNESS_MODELS)
 def test_sound_on_the_grid(name):
-    net = bnnmip.load_onnx(MODELS / f"{name}.onnx", levels=255)
+    net = shipped_net(name, levels=255)
     x, eps = _image(name, 1), 3 / 255
     bounds = bnnmip.interval_bounds(net, x, eps)
     np.testing.assert_array_equal(bounds[0].fixed, bnnmip.interval_bounds(
-        bnnmip.load_onnx(MODELS / f"{name}.onnx"), x, eps, levels=255)[0].fixed)
+        shipped_net(name), x, eps, levels=255)[0].fixed)
     X = _grid_points(np.random.default_rng(1), x, eps, 255, N_POINTS)
     n_fixed, n_free = _assert_sound(net, bounds, X)
     assert n_fixed > 0 and n_free > 0
 
 
 def test_grid_bounds_are_no_looser_than_the_box():
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    net = shipped_net("fmnist_2x100")
     x = _image("fmnist_2x100", 2)
     box = bnnmip.interval_bounds(net, x, 2.5 / 255)
     grid = bnnmip.interval_bounds(net, x, 2.5 / 255, levels=255)
@@ -90,9 +86,7 @@ def test_grid_bounds_are_no_looser_than_the_box():
 @pytest.fixture(scope="module")
 def binarized_net(tmp_path_factory):
     params = random_params(np.random.default_rng(2), 40, [16, 12], 5, input_binarization=True, zero_gamma=0.1)
-    path = tmp_path_factory.mktemp("bounds") / "binarized.onnx"
-    onnx.save(to_onnx(params), str(path))
-    return bnnmip.load_onnx(path)
+    return saved_net(params, tmp_path_factory.mktemp("bounds") / "binarized.onnx")
 
 
 def test_sound_with_input_binarization(binarized_net):
@@ -111,7 +105,7 @@ def test_sound_with_input_binarization(binarized_net):
 
 @pytest.mark.parametrize("name", ["fmnist_2x100", "mnist_3x100"])
 def test_eps_zero_fixes_every_unit(name):
-    net = bnnmip.load_onnx(MODELS / f"{name}.onnx")
+    net = shipped_net(name)
     x = _image(name, 3)
     bounds = bnnmip.interval_bounds(net, x, 0.0)
     acts = net.forward(x)
@@ -130,13 +124,13 @@ def test_eps_zero_with_input_binarization(binarized_net):
 
 @pytest.mark.parametrize("eps", [-0.01, float("nan"), float("inf"), -np.inf, "wide", None])
 def test_bad_eps(eps):
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    net = shipped_net("fmnist_2x100")
     with pytest.raises(bnnmip.InvalidArgumentError, match="eps"):
         bnnmip.interval_bounds(net, _image("fmnist_2x100"), eps)
 
 
 def test_bad_point():
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    net = shipped_net("fmnist_2x100")
     x = _image("fmnist_2x100")
     with pytest.raises(bnnmip.InvalidArgumentError, match="outside the input range"):
         bnnmip.interval_bounds(net, x + 2, 0.01)

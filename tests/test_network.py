@@ -8,22 +8,19 @@ import math
 import multiprocessing
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import bnnmip
-from bnnmip.io.onnx_writer import random_params, to_onnx
+from bnnmip.io.onnx_writer import random_params
 from bnnmip.threads import CHUNK_ROWS, PARALLEL_ROWS, chunk_rows, single_threaded_blas
-
-MODELS = Path(__file__).resolve().parent.parent / "models"
+from tests.helpers import MODELS, saved_net, shipped_net
 
 
 @pytest.fixture(scope="module")
 def net():
-    return bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    return shipped_net("fmnist_2x100")
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +31,7 @@ def small_nets(tmp_path_factory):
     for seed, kind in enumerate(("pm1", "real_weights", "binarized")):
         params = random_params(np.random.default_rng(seed), 30, [16, 12, 9], 5, real_first_layer=kind == "real_weights",
                                input_binarization=kind == "binarized", zero_gamma=0.1, negative_gamma=0.4)
-        path = folder / f"{kind}.onnx"
-        onnx.save(to_onnx(params), str(path))
-        nets[kind] = bnnmip.load_onnx(path)
+        nets[kind] = saved_net(params, folder / f"{kind}.onnx")
     return nets
 
 
@@ -264,7 +259,7 @@ def test_summary_and_repr(net, small_nets):
     assert "binarize   30 input bits" in binarized.summary()
     assert "input binarization" in repr(binarized)
     assert "real weights" in small_nets["real_weights"].summary()
-    grid = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx", levels=255)
+    grid = shipped_net("fmnist_2x100", levels=255)
     assert "grid of 255 steps" in grid.summary()
 
 

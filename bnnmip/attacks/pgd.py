@@ -42,7 +42,9 @@ onnxruntime confirms.  PGD never claims 'robust'.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +60,7 @@ from .result import AttackResult
 from .tracker import Tracker
 
 _FINAL_STEP_FRACTION = 0.1  # the schedule ends at a tenth of its first step
+MAX_BATCH_VALUES = 2**24  # starts x inputs stepped together (a few float64 arrays of this size)
 
 
 # ---------------------------------------------------------------------- surrogate network
@@ -330,16 +333,22 @@ class _Run:
         return mask
 
 
-def _schedule(opts: PgdOptions) -> np.ndarray:
-    """Step sizes: a cosine from ``step_size`` down to a tenth of it, floored at ``min_step``."""
-    cosine = 0.5 * (1 + np.cos(np.pi * np.arange(opts.steps) / max(opts.steps - 1, 1)))
-    alpha = opts.step_size * (_FINAL_STEP_FRACTION + (1 - _FINAL_STEP_FRACTION) * cosine)
-    return np.maximum(alpha, opts.min_step)
+def _schedule(opts: PgdOptions) -> Iterator[float]:
+    """Step sizes, one per step as it is taken: a cosine from ``step_size`` down to a tenth of it,
+    floored at ``min_step`` (never an array of ``steps`` values: the budget may be huge)."""
+    last = max(opts.steps - 1, 1)
+    for i in range(opts.steps):
+        cosine = 0.5 * (1 + math.cos(math.pi * i / last))
+        yield max(opts.step_size * (_FINAL_STEP_FRACTION + (1 - _FINAL_STEP_FRACTION) * cosine), opts.min_step)
 
 
 def _check_options(box: InputBox, eps: float, restarts, steps, batch, step_size) -> PgdOptions:
     for name, value in (("restarts", restarts), ("steps", steps), ("batch", batch)):
         check_positive_int(value, name)
+    batch = min(batch, restarts)
+    if batch * len(box.lower) > MAX_BATCH_VALUES:
+        raise InvalidArgumentError(f"batch={batch!r}: {batch:,} starts x {len(box.lower):,} inputs is over bnnmip's "
+                                   f"limit of {MAX_BATCH_VALUES:,} values in one batch")
     is_number = isinstance(step_size, (int, float, np.integer, np.floating)) and not isinstance(step_size, bool)
     if step_size is None:
         step_size = eps / 4

@@ -64,6 +64,8 @@ def recheck(net: BNN, x: np.ndarray, x_adv: np.ndarray, eps: float, clean_label:
         return None
     lo, hi = net.input_range
     x_adv = np.asarray(x_adv, np.float64).reshape(-1)
+    if not np.isfinite(x_adv).all():  # not an input at all: nothing to ask onnxruntime
+        return OnnxRecheck(int(clean_label), int(clean_label), float("inf"), float(eps), False)
     onnx_label = int(np.argmax(onnx_logits(net, x_adv)[0]))
     linf = float(np.abs(x_adv - np.asarray(x, np.float64).reshape(-1)).max(initial=0.0))
     tol = _EPS_TOL * (hi - lo)

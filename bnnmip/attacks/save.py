@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..files import open_for_writing, write_file
 
 _SMALL_ARRAY = 64  # arrays up to this size go into result.json as lists; larger ones are only described
 
@@ -71,10 +72,11 @@ def save_result(result, directory: str | os.PathLike, *, shape: tuple[int, ...] 
     written = [folder / "result.json"]
     try:
         record = {**jsonable(dict(context or {})), **result.to_dict()}
-        written[0].write_text(json.dumps(record, indent=2) + "\n")
+        write_file(written[0], json.dumps(record, indent=2) + "\n")  # never through a link (bnnmip.files)
         for name, values in (("x.npy", result.x), ("x_adv.npy", result.x_adv)):
             if values is not None:
-                np.save(folder / name, np.asarray(values, np.float64))
+                with open_for_writing(folder / name, text=False) as f:
+                    np.save(f, np.asarray(values, np.float64))
                 written.append(folder / name)
         if result.x is not None and result.x_adv is not None:
             written.append(triptych(result, folder / "triptych.png", shape))
@@ -104,5 +106,6 @@ def triptych(result, path: Path, shape: tuple[int, ...] | None = None) -> Path:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path)
+    with open_for_writing(path, text=False) as f:
+        fig.savefig(f, format="png")
     return path

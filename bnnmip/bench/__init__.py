@@ -11,8 +11,9 @@ from .config import BenchConfig, ImageSelection, ModelSpec, load_config, parse_c
 from .jobs import Job, ModelRef, expand
 from .plots import plot_all
 from .report import format_table, summarize
+from .rows import ResultRow, read_csv, write_csv
 from .runner import BenchInterrupted, BenchSummary, run
-from .store import ResultRow, ResultStore, read_csv, write_csv
+from .store import ResultStore
 from .worker import JobResult, execute
 
 __all__ = [

@@ -35,6 +35,11 @@ product models × images × ε × methods × backends × targets).  Example::
 Relative paths are looked up next to the configuration file first, then at the repository root
 (the closest folder above it holding ``pyproject.toml`` or ``.git``).  Every mistake raises
 :class:`~bnnmip.InvalidArgumentError` naming the key at fault.
+
+A configuration is a file from elsewhere too: it is read only up to :data:`MAX_CONFIG_BYTES`
+(and TOML nested too deep is refused), ``name`` must be a plain name (it names the default
+database ``<name>.sqlite`` in the current folder), and ``db`` must stay inside the repository
+root (or the configuration's folder when there is none): no absolute path, no way out by ``..``.
 """
 
 from __future__ import annotations
@@ -51,21 +56,27 @@ from ..attacks import METHODS
 from ..box import DEFAULT_LEVELS
 from ..errors import InvalidArgumentError
 from ..io.manifest import manifest_entry, read_manifest, sibling
-from ..validate import check_choice, check_levels, check_positive_int
+from ..validate import check_choice, check_levels, check_positive_int, check_threads
 from .config_values import (
     check_backends,
     check_keys,
     eps_list,
     nonempty_string,
-    positive_float,
+    plain_name,
     string_list,
     target_list,
+    time_limit_value,
 )
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+MAX_CONFIG_BYTES = 2**20
+"""The size of a configuration file."""
+MAX_MODELS = 1_000
+"""Models in one configuration (each is loaded and calibrated to expand the jobs)."""
 
 #: Methods that never call a MILP solver: one job each, whatever ``backends`` says.
 SOLVER_FREE_METHODS = frozenset({"pgd"})
@@ -157,9 +168,17 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     if not path.is_file():
         raise InvalidArgumentError(f"config {path}: no such file")
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise InvalidArgumentError(f"config {path}: over bnnmip's limit of {MAX_CONFIG_BYTES:,} bytes")
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"config {path}: not valid TOML ({e})") from e
+    except RecursionError:
+        raise InvalidArgumentError(f"config {path}: not valid TOML (nested too deep)") from None
+    except OSError as e:
+        raise InvalidArgumentError(f"config {path}: cannot read it ({e.strerror or e})") from None
     return parse_config(data, path)
 
 
@@ -188,17 +207,17 @@ class _Parser:
             check_backends(backends)
         images = _images(d.get("images"), "images")
         return BenchConfig(
-            name=nonempty_string(d.get("name", self.source.stem), "name"),
+            name=plain_name(d.get("name", self.source.stem), "name"),
             models=self.models(images),
             eps=eps_list(d, levels) if ("eps" in d or "eps_levels" in d) or not self.per_model_eps else (),
             methods=methods,
             backends=backends,
             targets=target_list(d.get("targets")),
-            time_limit=positive_float(d.get("time_limit", 60.0), "time_limit"),
-            threads=check_positive_int(d.get("threads", 1), "threads"),
+            time_limit=time_limit_value(d.get("time_limit", 60.0), "time_limit"),
+            threads=check_threads(d.get("threads", 1), "threads") or 1,
             levels=levels,
             options=self.options(methods),
-            db=(self.source.parent / nonempty_string(d["db"], "db")).resolve() if "db" in d else None,
+            db=self.confined(d["db"], "db") if "db" in d else None,
             source=self.source,
         )
 
@@ -231,10 +250,20 @@ class _Parser:
                 raise InvalidArgumentError(f"options.{method}: {sorted(reserved)} are set by the runner, not here")
             try:
                 out.append((method, json.dumps(dict(opts), sort_keys=True, separators=(",", ":"))))
-            except TypeError as e:
+            except (TypeError, ValueError, RecursionError) as e:
                 raise InvalidArgumentError(f"options.{method}: values must be numbers, strings, booleans or "
-                                           f"lists/tables of them ({e})") from None
+                                           f"lists/tables of them ({type(e).__name__})") from None
         return tuple(sorted(out))
+
+    def confined(self, value, key: str) -> Path:
+        """A path the configuration may write: relative, and inside the repository root (or its own folder)."""
+        rel = Path(nonempty_string(value, key))
+        root = self.roots[-1].resolve()
+        path = (self.source.parent / rel).resolve()
+        if rel.is_absolute() or "\0" in str(rel) or (path != root and root not in path.parents):
+            raise InvalidArgumentError(f"{key}={str(rel)!r}: outside {root} (a configuration may only name a "
+                                       "database inside its repository or folder; use --db for another place)")
+        return path
 
     def resolve(self, value, key: str, *, must_exist: bool = True) -> Path:
         """A path from the config: absolute, or relative to the config file or the repository root."""
@@ -266,6 +295,8 @@ class _Parser:
                 eps = eps_list(entry, self.levels, key + ".")
                 found = [replace(spec, eps=eps) for spec in found]
             specs.extend(found)
+            if len(specs) > MAX_MODELS:
+                raise InvalidArgumentError(f"{key}: over bnnmip's limit of {MAX_MODELS:,} models in one configuration")
         return tuple(specs)
 
     def file_model(self, entry: Mapping, key: str, images: ImageSelection) -> ModelSpec:

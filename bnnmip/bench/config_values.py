@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 from ..backends import require_backend
 from ..errors import BnnmipError, InvalidArgumentError
 from ..milp.backend import backend_names
+from ..timing import check_time_limit
 from ..validate import check_choice
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
 def check_keys(table: Mapping, allowed: set[str], prefix: str) -> None:
@@ -35,6 +39,21 @@ def nonempty_string(value, key: str) -> str:
     return value
 
 
+def plain_name(value, key: str) -> str:
+    """A name that is also a safe file name: letters, digits, ``._+-``, not starting with a dot, at most 100."""
+    if not isinstance(value, str) or not _PLAIN_NAME.match(value):
+        raise InvalidArgumentError(f"{key}={value!r}: expected a plain name (letters, digits, '._+-', not starting "
+                                   "with '.' or '-', at most 100 characters)")
+    return value
+
+
+def time_limit_value(value, key: str) -> float:
+    """Seconds per job: a positive number up to :data:`~bnnmip.timing.MAX_TIME_LIMIT`."""
+    if not is_number(value):
+        raise InvalidArgumentError(f"{key}={value!r}: expected a positive number")
+    return check_time_limit(value)
+
+
 def string_list(value, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -45,12 +64,6 @@ def string_list(value, key: str) -> tuple[str, ...]:
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def positive_float(value, key: str) -> float:
-    if not is_number(value) or value <= 0:
-        raise InvalidArgumentError(f"{key}={value!r}: expected a positive number")
-    return float(value)
 
 
 def eps_list(d: Mapping, levels: int, prefix: str = "") -> tuple[float, ...]:

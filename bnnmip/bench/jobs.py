@@ -3,7 +3,12 @@
 A :class:`Job` carries everything a worker needs (the model's path and sha256, the image's pixels,
 ε, method, backend, limits), so workers never read the configuration or the data slice.  Its
 :attr:`Job.key` identifies the job across runs: the results store holds at most one row per key,
-which is what makes an interrupted benchmark resumable.
+which is what makes an interrupted benchmark resumable.  The key holds every input that can
+change a job's answer (:func:`job_key`); keys of version 1 (before the grid ``levels`` and the
+true label were part of it) are rewritten by :func:`key_from_v1`.
+
+The job list is counted before it is built: a configuration whose cross product exceeds
+:data:`MAX_JOBS` is refused before any job is allocated.
 """
 
 from __future__ import annotations
@@ -19,6 +24,32 @@ from ..errors import InvalidArgumentError
 from ..io.datasets import load_npz
 from ..io.onnx_reader import load_onnx
 from .config import BenchConfig, ModelSpec
+
+MAX_JOBS = 250_000
+"""Jobs in one configuration (each is a few hundred bytes in memory, plus a row in the store)."""
+KEY_VERSION = "v2"
+
+
+def job_key(sha256: str, image_index: int, pixel_digest: str, eps: float, levels: int, label: int, method: str,
+            backend: str | None, target: int | None, time_limit: float, options: str) -> str:
+    """The identity of a job: every input that can change its answer or how its row is counted.
+
+    ``v2 | model sha256 | image index | pixel digest | ε | levels | true label | method | backend | target |
+    time limit | options``: the pixel digest keeps a changed data slice from passing for the old one,
+    ``levels`` changes the box (the grid), the label decides whether the row counts in a flip rate.
+    ``threads`` is deliberately not part of it (it changes speed, not the question asked).
+    """
+    return "|".join([
+        KEY_VERSION, sha256, str(image_index), pixel_digest, repr(float(eps)), str(int(levels)), str(int(label)),
+        method, backend or "-", "any" if target is None else str(target), repr(float(time_limit)), options,
+    ])
+
+
+def key_from_v1(old: str, levels: int, label: int) -> str:
+    """A version-1 key (no levels, no label) as today's key, given the row's levels and true label."""
+    sha, index, digest, eps, method, backend, target, time_limit, options = old.split("|", 8)
+    return "|".join([KEY_VERSION, sha, index, digest, eps, str(int(levels)), str(int(label)), method, backend, target,
+                     time_limit, options])
 
 
 @dataclass(frozen=True)
@@ -57,17 +88,9 @@ class Job:
 
     @property
     def key(self) -> str:
-        """The job's identity across runs (the results store's primary key).
-
-        ``model sha256 | image index | pixel digest | ε | method | backend | target | time limit |
-        options``: the pixel digest keeps a changed data slice from passing for the old one;
-        ``threads`` is deliberately not part of it (it changes speed, not the question asked).
-        """
-        return "|".join([
-            self.model.sha256, str(self.image_index), hashlib.sha256(self.image).hexdigest()[:16], repr(self.eps),
-            self.method, self.backend or "-", "any" if self.target is None else str(self.target),
-            repr(self.time_limit), self.options,
-        ])
+        """The job's identity across runs (the results store's primary key): see :func:`job_key`."""
+        return job_key(self.model.sha256, self.image_index, hashlib.sha256(self.image).hexdigest()[:16], self.eps,
+                       self.levels, self.label, self.method, self.backend, self.target, self.time_limit, self.options)
 
     @property
     def eps_levels(self) -> float:
@@ -104,12 +127,12 @@ def expand(config: BenchConfig) -> list[Job]:
     """
     jobs: dict[str, Job] = {}
     for spec in config.models:
-        for job in _model_jobs(config, spec):
+        for job in _model_jobs(config, spec, len(jobs)):
             jobs.setdefault(job.key, job)
     return list(jobs.values())
 
 
-def _model_jobs(config: BenchConfig, spec: ModelSpec) -> list[Job]:
+def _model_jobs(config: BenchConfig, spec: ModelSpec, already: int) -> list[Job]:
     net = load_onnx(spec.path, levels=config.levels)
     data = load_npz(spec.data)
     if data.images.shape[1] != net.n_inputs:
@@ -120,10 +143,18 @@ def _model_jobs(config: BenchConfig, spec: ModelSpec) -> list[Job]:
         raise InvalidArgumentError(f"targets: {bad} out of range for {spec.path.name} ({net.n_classes} classes)")
     preds = net.predict(data.inputs())
     ref = ModelRef(str(spec.path), file_sha256(spec.path), spec.dataset, spec.arch, str(spec.data))
+    selected = spec.images.select(data.labels, preds)
+    radii = spec.eps or config.eps
+    per_image = sum(len(config.backends_for(m)) for m in config.methods) * len(config.targets)
+    count = len(radii) * len(selected) * per_image
+    if count + already > MAX_JOBS:
+        raise InvalidArgumentError(f"models: {already + count:,} jobs or more (at {spec.path.name}), over bnnmip's "
+                                   f"limit of {MAX_JOBS:,} for one configuration; refused before building them")
+    pixels_of = {i: np.ascontiguousarray(data.images[i], dtype=np.uint8).tobytes() for i in selected}
     jobs = []
-    for eps in spec.eps or config.eps:
-        for i in spec.images.select(data.labels, preds):
-            pixels = np.ascontiguousarray(data.images[i], dtype=np.uint8).tobytes()
+    for eps in radii:
+        for i in selected:
+            pixels = pixels_of[i]  # one bytes object per image, shared by its jobs
             for method in config.methods:
                 for backend in config.backends_for(method):
                     for target in config.targets:

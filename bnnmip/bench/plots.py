@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..files import open_for_writing
 from .report import arch_key, summarize
-from .store import ResultRow
+from .rows import ResultRow
 
 FIGURES = ("flip_rate", "objective_time", "backends", "certified")
 _STATUS_COLORS = {"adversarial": "#d62728", "robust": "#2ca02c", "unknown": "#bbbbbb", "error": "#000000"}
@@ -37,7 +38,12 @@ def plot_all(rows: list[ResultRow], out: str | os.PathLike) -> list[Path]:
     if not rows:
         raise InvalidArgumentError("db: no results on correctly classified images to plot")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"-o {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgumentError(f"-o {out}: cannot create the folder ({e.strerror or e})") from None
     colors = _variant_colors(rows)
     figures = {
         "flip_rate": flip_rate_figure(rows, colors),
@@ -49,7 +55,8 @@ def plot_all(rows: list[ResultRow], out: str | os.PathLike) -> list[Path]:
     for name, fig in figures.items():
         for ext in ("png", "svg"):
             path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
+            with open_for_writing(path, text=False) as f:  # never through a link or onto a folder
+                fig.savefig(f, format=ext, dpi=130 if ext == "png" else None, bbox_inches="tight")
             written.append(path)
     return written
 

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .store import ResultRow
+from .rows import ResultRow
 
 STATUS_ORDER = ("adversarial", "robust", "unknown", "error")
 

@@ -1,13 +1,18 @@
 """Running a benchmark on Dask: :func:`run`.
 
 The coordinating process expands the configuration into jobs, drops those already in the results
-store, submits the rest to a Dask cluster (a ``LocalCluster`` of single-threaded worker processes,
-or an existing scheduler) and records each result as it arrives (``as_completed``).  Workers only
-compute; the coordinator alone writes the database, one transaction per job.
+store, and hands the rest to :class:`~.drive.Drive`, which claims them in the store a window at a
+time, submits them to a Dask cluster (a ``LocalCluster`` of single-threaded worker processes, or an
+existing scheduler) and records each result as it arrives.  Workers only compute; coordinators
+alone write the database, one transaction per job.  Two coordinators on one database split the
+jobs through their claims; a result the database refuses is kept (memory and a side journal) and
+recorded when it takes writes again, or by the next run (:mod:`~.backlog`).
 
 Cores: each worker runs one job at a time (``threads_per_worker=1``) and each job's solver gets
 ``threads`` threads, so ``workers × threads`` should not exceed the cores (the default number of
-workers is ``cores // threads``).  With ``--scheduler``, size the cluster's workers the same way.
+workers is ``cores // threads``; more than :data:`WORKERS_PER_CORE` per core, or more than the
+process's open-file limit allows, is refused).  With ``--scheduler``, size the cluster's workers
+the same way.
 
 Ctrl-C (or SIGTERM from the CLI) cancels the outstanding jobs and closes the cluster; every result
 received so far is in the database, and rerunning the same command resumes.
@@ -16,21 +21,28 @@ received so far is in the database, and rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
+import resource
 import signal
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, StoreError
+from .backlog import recover_journals
 from .config import BenchConfig, load_config
-from .jobs import Job, expand
+from .drive import Drive
+from .jobs import expand
 from .report import STATUS_ORDER, Tally
-from .store import ResultRow, ResultStore
-from .worker import ERROR, JobResult, execute
+from .store import ResultStore, StoreUnavailable
+
+WORKERS_PER_CORE = 4
+"""Local worker processes per core at most: more only slows every job down."""
+_FDS_PER_WORKER = 16  # pipes, sockets and files of one worker process, seen from the coordinator
+_SCHEMES = {"tcp", "tls", "ws", "wss", "ucx"}  # the transports of a remote Dask scheduler
 
 
 @dataclass(frozen=True)
@@ -42,17 +54,19 @@ class BenchSummary:
     jobs: int  # jobs in the configuration
     skipped: int  # already in the database before this run
     ran: int  # recorded by this run
-    cancelled: int  # submitted but not recorded (interrupted, or the cluster went away)
+    cancelled: int  # not recorded by anyone (interrupted, the cluster went away, the store unusable)
     statuses: tuple[tuple[str, int], ...]  # over all the configuration's recorded jobs
     flip_rates: tuple[tuple[str, int, int], ...]  # (method variant, flipped, attacked)
     elapsed: float  # seconds, the whole call
     job_seconds: float  # seconds from the first submission to the last recorded result
     cluster: str
     interrupted: bool = False
+    by_others: int = 0  # recorded meanwhile by another run on the same database
+    unrecorded: int = 0  # computed by this run but not in the database (kept in the side journal)
 
     @property
     def complete(self) -> bool:
-        return self.skipped + self.ran == self.jobs
+        return self.skipped + self.ran + self.by_others == self.jobs
 
     @property
     def jobs_per_hour(self) -> float | None:
@@ -61,14 +75,15 @@ class BenchSummary:
 
     def __str__(self) -> str:
         state = "interrupted" if self.interrupted else ("complete" if self.complete else "incomplete")
-        if self.ran or self.cancelled:
+        if self.ran or self.cancelled or self.by_others:
             this_run = (f"{self.ran} jobs in {self.elapsed:.1f} s on {self.cluster}"
                         + (f" ({self.jobs_per_hour:,.0f} jobs/hour)" if self.jobs_per_hour else "")
-                        + (f"; {self.skipped} already done" if self.skipped else ""))
+                        + (f"; {self.skipped} already done" if self.skipped else "")
+                        + (f"; {self.by_others} recorded by another run" if self.by_others else ""))
         else:
             this_run = "nothing to run: every job is in the database"
         lines = [
-            f"benchmark  {self.name}: {state}, {self.skipped + self.ran}/{self.jobs} jobs in {self.db}",
+            f"benchmark  {self.name}: {state}, {self.jobs - self.cancelled}/{self.jobs} jobs in {self.db}",
             f"this run   {this_run}",
             "statuses   " + ", ".join(f"{s} {n}" for s, n in self.statuses),
         ]
@@ -86,17 +101,29 @@ class BenchInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+
 def default_workers(threads: int = 1) -> int:
     """Cores available to this process divided by the solver threads per job (at least 1)."""
+    return max(1, _cores() // threads)
+
+
+def max_workers() -> int:
+    """The most local workers :func:`run` starts: :data:`WORKERS_PER_CORE` per core, within the fd limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_fds = max(1, (soft - 64) // _FDS_PER_WORKER) if soft != resource.RLIM_INFINITY else 10**6
+    return max(1, min(WORKERS_PER_CORE * _cores(), by_fds))
+
+
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // threads)
+        return os.cpu_count() or 1
 
 
 def run(config: BenchConfig | str | os.PathLike, *, db: str | os.PathLike | None = None, workers: int | None = None,
-        scheduler: str | None = None, progress: bool = True, retry_errors: bool = False) -> BenchSummary:
+        scheduler: str | None = None, progress: bool = True, retry_errors: bool = False, lease: float = 120.0,
+        patience: float = 900.0) -> BenchSummary:
     """Run a benchmark: every job of ``config`` that ``db`` does not hold yet.
 
     Parameters
@@ -106,7 +133,8 @@ def run(config: BenchConfig | str | os.PathLike, *, db: str | os.PathLike | None
     db
         The SQLite results store (default: the config's ``db`` key, else ``<name>.sqlite`` here).
     workers
-        Worker processes of the local cluster (default: cores // threads per job).
+        Worker processes of the local cluster (default: cores // threads per job; at most
+        :func:`max_workers`).
     scheduler
         Address of an existing Dask scheduler (``tcp://host:port``) instead of a local cluster;
         the model files must be readable at the same paths on its workers.
@@ -115,53 +143,104 @@ def run(config: BenchConfig | str | os.PathLike, *, db: str | os.PathLike | None
     retry_errors
         Delete this configuration's rows with status 'error' first, so those jobs run again
         (by default a job that raised counts as finished, like any other).
+    lease, patience
+        Seconds a claim on a job lasts unless renewed (a run on another host that dies frees its
+        jobs after this), and how long the store may stay unusable (locked, read-only, full) while
+        nothing runs before the run gives up.
 
-    Raises :class:`BenchInterrupted` (a KeyboardInterrupt) after a clean stop on Ctrl-C.
+    Raises :class:`BenchInterrupted` (a KeyboardInterrupt) after a clean stop on Ctrl-C, and
+    :class:`~bnnmip.errors.StoreError` when computed results could not be recorded (the message
+    says where they are kept).
     """
     t0 = time.perf_counter()
     cfg = config if isinstance(config, BenchConfig) else load_config(config)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise InvalidArgumentError(f"workers={workers!r}: expected a positive integer")
-    if workers is not None and scheduler is not None:
-        raise InvalidArgumentError("workers: give either a number of local workers or a scheduler address, not both")
+    n_workers = _checked_workers(workers, scheduler, cfg.threads)
     jobs = expand(cfg)
     db_path = Path(db) if db is not None else (cfg.db or Path(f"{cfg.name}.sqlite"))
-    with ResultStore(db_path) as store:
-        keys = {job.key for job in jobs}
+    store = ResultStore(db_path, busy_timeout=5.0)
+    keys = {job.key for job in jobs}
+    try:
+        recover_journals(store)
         if retry_errors:
             store.delete_errors(keys)
         done = store.done_keys() & keys
         pending = [job for job in jobs if job.key not in done]
         tally = Tally().add_all(store.rows(done))
-        n_workers = workers or default_workers(cfg.threads)
         cluster = f"scheduler {scheduler}" if scheduler else f"LocalCluster({n_workers} workers x 1 thread)"
         cluster += f", {cfg.threads} solver thread(s) per job"
         run_id = store.start_run(str(cfg.source or ""), _config_text(cfg), cluster, len(jobs), len(pending))
-        outcome = _Outcome()
-        if pending:
-            with _progress_bar(cfg.name, len(jobs), len(done), progress) as bar:
+    except StoreUnavailable as e:
+        raise StoreError(f"{e} (the database must be usable to start a benchmark)") from None
+    drive = Drive(store, run_id, pending, tally, None, window=2 * n_workers, lease=lease, patience=patience)
+    interrupted = False
+    if pending:
+        try:  # the cluster first: a scheduler that is not there is an error before any progress is shown
+            with connect(None if scheduler else n_workers, scheduler) as client, \
+                    _progress_bar(cfg.name, len(jobs), len(done), progress) as bar:
+                drive.bar = bar
                 bar.set_postfix_str(tally.postfix(), refresh=False)
-                try:
-                    with connect(None if scheduler else n_workers, scheduler) as client:
-                        _drive(client, pending, store, run_id, tally, bar, outcome)
-                except KeyboardInterrupt:
-                    outcome.interrupted = True
-    summary = BenchSummary(
-        name=cfg.name, db=db_path, jobs=len(jobs), skipped=len(done), ran=outcome.recorded,
-        cancelled=len(pending) - outcome.recorded, statuses=_ordered(tally), flip_rates=tally.flip_rates(),
-        elapsed=time.perf_counter() - t0, job_seconds=outcome.job_seconds, cluster=cluster,
-        interrupted=outcome.interrupted,
-    )
-    if outcome.interrupted:
+                drive.run(client)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            drive.finish(deadline=5.0 if interrupted else min(30.0, patience))
+    summary = _summary(cfg, db_path, store, keys, done, drive, time.perf_counter() - t0, cluster, interrupted)
+    if interrupted:
         raise BenchInterrupted(summary)
+    if drive.backlog.rows:
+        kept = (f"kept in {drive.backlog.journal}, which the next `bnnmip bench` on this database records"
+                if drive.backlog.journal is not None and not drive.backlog.journal_error
+                else f"they could not be saved elsewhere either ({drive.backlog.journal_error})")
+        raise StoreError(f"db {db_path}: {len(drive.backlog.rows)} computed result(s) are not in the database "
+                         f"({drive.backlog.reason}); {kept}")
+    if drive.gave_up:
+        raise StoreError(f"{drive.store_error}: gave up after {patience:g} s; {summary.cancelled} job(s) not run, "
+                         "every finished job is in the database")
     return summary
 
 
-@dataclass
-class _Outcome:
-    recorded: int = 0
-    job_seconds: float = 0.0
-    interrupted: bool = False
+def _checked_workers(workers, scheduler: str | None, threads: int) -> int:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidArgumentError(f"workers={workers!r}: expected a positive integer")
+    if workers is not None and scheduler is not None:
+        raise InvalidArgumentError("workers: give either a number of local workers or a scheduler address, not both")
+    if workers is not None and workers > max_workers():
+        raise InvalidArgumentError(f"workers={workers}: over bnnmip's limit of {max_workers()} local workers "
+                                   f"({WORKERS_PER_CORE} per core, within the open-file limit)")
+    if scheduler is not None and not _is_address(scheduler):
+        raise InvalidArgumentError(f"scheduler={scheduler!r}: expected an address such as tcp://host:8786")
+    return workers or default_workers(threads)
+
+
+def _is_address(text) -> bool:
+    """``scheme://host[:port]`` with a scheme Dask speaks and a well-formed host and port."""
+    if not isinstance(text, str) or len(text) > 1000:
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    if parts.scheme == "inproc":  # a cluster of threads in this process: inproc://host/pid/n
+        return bool(parts.netloc)
+    return parts.scheme in _SCHEMES and bool(parts.hostname) and (port is None or port > 0) \
+        and not (parts.path.strip("/") or parts.query or parts.fragment)
+
+
+def _summary(cfg, db_path, store, keys, done, drive: Drive, elapsed: float, cluster: str,
+             interrupted: bool) -> BenchSummary:
+    """What the run did, from the database when it can be read (rows other runs added included)."""
+    tally = drive.tally
+    final = len(done) + drive.recorded
+    with contextlib.suppress(StoreError):
+        now_done = store.done_keys() & keys
+        tally, final = Tally().add_all(store.rows(now_done)), len(now_done)
+    return BenchSummary(
+        name=cfg.name, db=db_path, jobs=len(keys), skipped=len(done), ran=drive.recorded,
+        cancelled=len(keys) - final, statuses=_ordered(tally), flip_rates=tally.flip_rates(), elapsed=elapsed,
+        job_seconds=drive.job_seconds, cluster=cluster, interrupted=interrupted,
+        by_others=max(0, final - len(done) - drive.recorded), unrecorded=len(drive.backlog.rows),
+    )
 
 
 @contextlib.contextmanager
@@ -175,16 +254,16 @@ def connect(workers: int | None, scheduler: str | None) -> Iterator:
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as e:
-            raise InvalidArgumentError(f"scheduler={scheduler!r}: cannot connect ({e})") from None
+        except Exception as e:  # noqa: BLE001 - distributed raises ValueError, TypeError, OSError, ... on bad addresses
+            raise InvalidArgumentError(f"scheduler={scheduler!r}: cannot connect ({type(e).__name__}: {e})") from None
         try:
             yield client
         finally:
             _quietly_close(client)
         return
-    with _sigint_ignored():
+    with _sigint_ignored():  # workers log only what is fatal: a heartbeat lost while shutting down is not
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
     try:
         client = Client(cluster)
         try:
@@ -219,44 +298,6 @@ def _quietly_close(obj) -> None:
     with contextlib.suppress(OSError, TimeoutError, RuntimeError):
         obj.close()
 
-
-def _drive(client, pending: list[Job], store: ResultStore, run_id: str, tally: Tally, bar, outcome: _Outcome) -> None:
-    """Submit ``pending`` and record each result as it arrives; cancel the rest on Ctrl-C."""
-    from distributed import as_completed
-
-    t0 = time.perf_counter()
-    keys = [f"bnnmip-bench-{hashlib.sha1(job.key.encode()).hexdigest()}" for job in pending]
-    futures = client.map(execute, pending, key=keys, pure=False)
-    job_of = dict(zip(futures, pending, strict=True))
-    try:
-        for future in as_completed(futures):
-            result = _collect(future)
-            job = job_of.pop(future)
-            future.release()
-            if result is None:  # cancelled: not recorded, so the next run does it
-                continue
-            row = ResultRow.make(job, result, run_id)
-            outcome.recorded += store.add(row)
-            outcome.job_seconds = time.perf_counter() - t0
-            tally.add(row)
-            bar.set_postfix_str(tally.postfix(), refresh=False)
-            bar.update(1)
-    finally:
-        if job_of:
-            with contextlib.suppress(OSError, TimeoutError, RuntimeError):
-                client.cancel(list(job_of))
-
-
-def _collect(future) -> JobResult | None:
-    """The job's result; an error result if the task failed outside the job (a worker died); None if cancelled."""
-    from concurrent.futures import CancelledError
-
-    try:
-        return future.result()
-    except CancelledError:
-        return None
-    except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: the job crashed its worker; recorded as an error
-        return JobResult(ERROR, error=f"{type(e).__name__}: {e}")
 
 
 def _progress_bar(name: str, total: int, initial: int, enabled: bool):

@@ -12,7 +12,10 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..attacks import attack
 from ..errors import ModelFileError
@@ -30,7 +33,9 @@ class JobResult:
     ``status`` is an :class:`~bnnmip.attacks.AttackResult` status ('adversarial', 'robust',
     'unknown') or 'error' (the job raised: ``error`` holds the exception's type and message).
     ``trace`` is the anytime curve ((seconds, best objective), ...); ``wall_time`` the job's
-    time on the worker, model loading included.
+    time on the worker, model loading included.  ``verified`` and ``linf`` carry the onnxruntime
+    re-check of an adversarial input (:class:`~bnnmip.attacks.OnnxRecheck`: label changed,
+    ``linf <= eps``, inside the input range).
     """
 
     status: str
@@ -39,6 +44,7 @@ class JobResult:
     bound: float | None = None
     time: float | None = None
     verified: bool = False
+    linf: float | None = None
     trace: tuple[tuple[float, float], ...] = ()
     message: str = ""
     error: str = ""
@@ -67,8 +73,10 @@ def execute(job: Job) -> JobResult:
     """Run one job.  Any exception becomes a result with status 'error' and its message (recorded, not hidden)."""
     t0 = time.perf_counter()
     try:
-        net = load_model(job.model.path, job.model.sha256, job.levels)
-        r = attack(net, job.input(), job.eps, **job.attack_options())
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # a worker's stderr is the user's terminal
+            warnings.simplefilter("ignore", RuntimeWarning)
+            net = load_model(job.model.path, job.model.sha256, job.levels)
+            r = attack(net, job.input(), job.eps, **job.attack_options())
     except Exception as e:  # noqa: BLE001 - a failing job is a result of the benchmark, the others go on
         return JobResult(ERROR, error=f"{type(e).__name__}: {e}", wall_time=time.perf_counter() - t0,
                          host=host_name())
@@ -79,6 +87,7 @@ def execute(job: Job) -> JobResult:
         bound=_float(r.bound),
         time=float(r.time),
         verified=bool(r.verified),
+        linf=None if r.check is None else float(r.check.linf),
         trace=tuple((float(t), float(f)) for t, f in r.trace),
         message=r.message or "",
         wall_time=time.perf_counter() - t0,

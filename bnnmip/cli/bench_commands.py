@@ -10,8 +10,10 @@ from ..bench.config import load_config
 from ..bench.jobs import expand
 from ..bench.plots import plot_all
 from ..bench.report import format_table, summarize
+from ..bench.rows import write_csv
 from ..bench.runner import BenchInterrupted, run
-from ..bench.store import ResultStore, write_csv
+from ..bench.store import ResultStore
+from ..files import open_for_writing
 
 
 def cmd_bench(args) -> int:
@@ -31,7 +33,7 @@ def cmd_results(args) -> int:
     rows = _rows(args)
     if args.csv:
         if args.output:
-            with open(args.output, "w", newline="") as f:
+            with open_for_writing(args.output, newline="") as f:  # never through a link or onto a folder
                 write_csv(rows, f)
             print(f"wrote {len(rows)} rows to {args.output}")
         else:
@@ -56,7 +58,7 @@ def _rows(args) -> list:
     keys = None
     if args.config:
         keys = {job.key for job in expand(load_config(args.config))}
-    with ResultStore(args.db, create=False) as store:
+    with ResultStore.open_read(args.db) as store:  # read-only: never creates, migrates or writes
         return store.rows(keys)
 
 

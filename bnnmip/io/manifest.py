@@ -13,17 +13,17 @@ from pathlib import Path
 from ..errors import BnnmipError, InvalidArgumentError
 
 MANIFEST = "manifest.json"
-_MAX_BYTES = 4 * 2**20
+MAX_MANIFEST_BYTES = 4 * 2**20
 
 
 def read_manifest(path: str | Path) -> list[dict]:
     """The entries of a manifest file; :class:`InvalidArgumentError` if it is not one."""
     path = Path(path)
     try:
-        if path.stat().st_size > _MAX_BYTES:
-            raise InvalidArgumentError(f"manifest {path}: over {_MAX_BYTES:,} bytes, not a manifest")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InvalidArgumentError(f"manifest {path}: over {MAX_MANIFEST_BYTES:,} bytes, not a manifest")
         entries = json.loads(path.read_text())["models"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise InvalidArgumentError(f"manifest {path}: not a manifest.json with a 'models' list ({e})") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InvalidArgumentError(f"manifest {path}: 'models' is not a list of tables")

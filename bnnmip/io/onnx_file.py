@@ -6,6 +6,13 @@ declared shape is huge or disagrees with their data (or whose element type is no
 inputs declaring huge examples, and external data that is not a plain file inside the model's
 own folder (absolute paths, ``..`` components and symlinks are refused, never read).  Cycles,
 dangling inputs and tensors defined twice are reported with the node at fault.  See SECURITY.md.
+
+**One tensor reader.**  Every tensor of the file, wherever the protobuf holds it (initializers,
+Constant values, the values and indices of sparse tensors, tensors in any attribute), is found
+by one reflective walk over the message (:func:`every_tensor`) and goes through one check
+(:func:`_check_tensor`: limits, numeric type, stored size, external data inlined from inside the
+folder).  Sparse tensors are then made dense (:func:`_densify_sparse`), so what bnnmip reads and
+what onnxruntime runs is one inline, dense, checked model: onnxruntime never resolves a file.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import TensorProto, helper
 
 from ..errors import ModelFileError, UnsupportedModelError
@@ -25,6 +33,8 @@ MAX_MODEL_BYTES = 512 * 2**20  # the model file plus its external data
 MAX_TENSOR_ELEMENTS = 64 * 2**20
 MAX_INPUT_FEATURES = 16 * 2**20  # values per input (the reader keeps a few float64 arrays of this size)
 MAX_NODES = 100_000  # a BNN has about ten nodes per layer
+MAX_LAYERS = 256  # MatMul / Gemm nodes: each layer is calibrated in onnxruntime at load time
+MAX_RANK = 32  # dimensions of a tensor or of the graph input (numpy's own limit is 32 to 64)
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
 
@@ -36,6 +46,8 @@ _TYPED_FIELD = {
     TensorProto.UINT16: "int32_data", TensorProto.INT32: "int32_data", TensorProto.BOOL: "int32_data",
     TensorProto.INT64: "int64_data", TensorProto.UINT32: "uint64_data", TensorProto.UINT64: "uint64_data",
 }
+#: Element types bnnmip reads (and folds to).
+NUMERIC_TYPES = frozenset(_TYPED_FIELD)
 
 
 def read_model(path: str | os.PathLike, *, custom_ops: Collection[tuple[str, str]] = ()) -> onnx.ModelProto:
@@ -65,10 +77,16 @@ def read_model(path: str | os.PathLike, *, custom_ops: Collection[tuple[str, str
         raise ModelFileError(f"{path}: not an ONNX model (no graph with nodes)")
     if len(model.graph.node) > MAX_NODES:
         raise ModelFileError(f"{path}: {len(model.graph.node):,} nodes, over bnnmip's limit of {MAX_NODES:,}")
+    linear = sum(node.op_type in ("MatMul", "Gemm") for node in model.graph.node)
+    if linear > MAX_LAYERS:
+        raise ModelFileError(f"{path}: {linear:,} MatMul/Gemm nodes, over bnnmip's limit of {MAX_LAYERS} layers; "
+                             "refused before reading them")
     _check_opset(model, path, frozenset(custom_ops))
+    _refuse_containers(model, path)
     budget = [MAX_MODEL_BYTES - size]
-    for tensor in _all_tensors(model.graph):
+    for tensor in every_tensor(model):
         _check_tensor(tensor, path, budget)
+    _densify_sparse(model, path)
     _check_inputs(model.graph, path)
     _check_structure(model.graph, path)
     try:
@@ -84,6 +102,10 @@ def _check_inputs(graph: onnx.GraphProto, path: Path) -> None:
     for value in graph.input:
         if not value.type.HasField("tensor_type"):
             continue
+        rank = len(value.type.tensor_type.shape.dim)
+        if rank > MAX_RANK:
+            raise ModelFileError(f"{path}: input {value.name!r} has {rank} dimensions, over bnnmip's limit of "
+                                 f"{MAX_RANK}")
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:] if d.HasField("dim_value")]
         count = 1
         for d in dims:
@@ -95,8 +117,10 @@ def _check_inputs(graph: onnx.GraphProto, path: Path) -> None:
             )
 
 
-def _node_name(node: onnx.NodeProto) -> str:
-    return f"node {(node.name or (node.output[0] if node.output else '') or '<unnamed>')!r} ({node.op_type})"
+def node_label(node: onnx.NodeProto) -> str:
+    """``node 'name' (OpType)`` for messages: the name, else its first named output, else '<unnamed>'."""
+    name = node.name or next((o for o in node.output if o), "") or "<unnamed>"
+    return f"node {name!r} ({node.op_type})"
 
 
 def _check_structure(graph: onnx.GraphProto, path: Path) -> None:
@@ -107,17 +131,19 @@ def _check_structure(graph: onnx.GraphProto, path: Path) -> None:
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     producer: dict[str, int] = {}
     for i, node in enumerate(graph.node):
+        if not any(node.output):
+            raise ModelFileError(f"{path}: {node_label(node)} has no outputs")
         for out in node.output:
             if not out:
                 continue
             if out in producer or out in defined:
-                raise ModelFileError(f"{path}: {_node_name(node)}: tensor {out!r} is defined twice")
+                raise ModelFileError(f"{path}: {node_label(node)}: tensor {out!r} is defined twice")
             producer[out] = i
     for node in graph.node:
         for name in node.input:
             if name and name not in defined and name not in producer:
                 raise ModelFileError(
-                    f"{path}: {_node_name(node)}: input {name!r} is not a graph input, an initializer or the output "
+                    f"{path}: {node_label(node)}: input {name!r} is not a graph input, an initializer or the output "
                     "of any node (a dangling input)"
                 )
     for value in graph.output:
@@ -125,7 +151,7 @@ def _check_structure(graph: onnx.GraphProto, path: Path) -> None:
             raise ModelFileError(f"{path}: graph output {value.name!r} is not produced by any node")
     cycle = _find_cycle(graph, producer)
     if cycle:
-        names = " -> ".join(_node_name(graph.node[i]) for i in cycle)
+        names = " -> ".join(node_label(graph.node[i]) for i in cycle)
         raise ModelFileError(f"{path}: the graph has a cycle: {names}")
 
 
@@ -170,23 +196,52 @@ def _check_opset(model: onnx.ModelProto, path: Path, custom_ops: frozenset[tuple
         raise UnsupportedModelError(f"{path}: nodes from custom operator domains {sorted(used)} (declared {others})")
 
 
-def _all_tensors(graph: onnx.GraphProto):
-    """Initializers and the tensors held in node attributes (Constant values)."""
-    yield from graph.initializer
-    for node in graph.node:
+def _refuse_containers(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse what could hold graphs or tensors bnnmip does not walk: subgraphs, functions, training info."""
+    if len(model.functions):
+        raise UnsupportedModelError(f"{path}: model-local functions ({model.functions[0].name!r}, ...) are not "
+                                    "supported")
+    if len(model.training_info):
+        raise UnsupportedModelError(f"{path}: training_info (a training graph) is not supported")
+    for node in model.graph.node:
+        if node.overload:
+            raise UnsupportedModelError(f"{path}: {node_label(node)}: function overloads are not supported")
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                raise UnsupportedModelError(
-                    f"node {node.name or node.output[0]!r} ({node.op_type}): subgraphs are not supported"
-                )
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g") \
+                    or len(attr.graphs):
+                raise UnsupportedModelError(f"{path}: {node_label(node)}: subgraphs are not supported")
+            if attr.ref_attr_name:
+                raise UnsupportedModelError(f"{path}: {node_label(node)}: attribute {attr.name!r} refers to a "
+                                            "function attribute outside a function")
+
+
+def every_tensor(message):
+    """Every ``TensorProto`` anywhere inside a protobuf message (sparse tensors' values and indices too).
+
+    A reflective walk over the set fields, not a list of known places: a tensor in a field
+    bnnmip does not use still goes through the same checks.
+    """
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, TensorProto):
+            yield current
+            continue
+        for field, value in current.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            if isinstance(value, Message):
+                stack.append(value)
+            elif not field.message_type.GetOptions().map_entry:  # repeated; string maps hold no tensors
+                stack.extend(value)
 
 
 def _check_tensor(tensor: TensorProto, path: Path, budget: list[int]) -> None:
     """Refuse a tensor whose declared size is huge or disagrees with its data, before allocating it."""
     name = tensor.name or "<unnamed>"
     dims = list(tensor.dims)
+    if len(dims) > MAX_RANK:
+        raise ModelFileError(f"{path}: tensor {name!r} has {len(dims)} dimensions, over bnnmip's limit of {MAX_RANK}")
     if any(d < 0 for d in dims):
         raise ModelFileError(f"{path}: tensor {name!r} declares a negative dimension {dims}")
     count = 1
@@ -197,6 +252,8 @@ def _check_tensor(tensor: TensorProto, path: Path, budget: list[int]) -> None:
                 f"{path}: tensor {name!r} declares shape {dims}, over bnnmip's limit of "
                 f"{MAX_TENSOR_ELEMENTS:,} elements; refused before allocating it"
             )
+    if tensor.HasField("segment"):
+        raise ModelFileError(f"{path}: tensor {name!r} is a segment of a larger tensor, which bnnmip does not read")
     if tensor.data_type not in _TYPED_FIELD:
         known = tensor.data_type in TensorProto.DataType.values()
         kind = TensorProto.DataType.Name(tensor.data_type) if known else str(tensor.data_type)
@@ -274,6 +331,52 @@ def _read_inside(folder: Path, parts: tuple[str, ...], offset: int, length: int,
     if len(data) != length:
         raise ModelFileError(f"{where}: the file ended early")
     return data
+
+
+def _densify_sparse(model: onnx.ModelProto, path: Path) -> None:
+    """Sparse initializers and Constant ``sparse_value`` s become dense tensors; other sparse tensors are refused.
+
+    Their values and indices were already checked (and inlined) as tensors; here the dense shape
+    is checked against the element limit and every index against it, before allocating.
+    """
+    graph = model.graph
+    for sparse in graph.sparse_initializer:
+        graph.initializer.append(_dense(sparse, path))
+    del graph.sparse_initializer[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS) \
+                    or attr.HasField("sparse_tensor") or len(attr.sparse_tensors):
+                if node.op_type != "Constant" or attr.name != "sparse_value" or len(attr.sparse_tensors):
+                    raise UnsupportedModelError(f"{path}: {node_label(node)}: sparse tensor attribute {attr.name!r} "
+                                                "is not supported")
+                dense = _dense(attr.sparse_tensor, path)
+                attr.Clear()
+                attr.CopyFrom(helper.make_attribute("value", dense))
+
+
+def _dense(sparse: onnx.SparseTensorProto, path: Path) -> TensorProto:
+    name = sparse.values.name or "<unnamed>"
+    dims = list(sparse.dims)
+    count = 1
+    for d in dims:
+        count *= max(d, 0)
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims) or count > MAX_TENSOR_ELEMENTS:
+        raise ModelFileError(f"{path}: sparse tensor {name!r} declares shape {dims}, refused (limit "
+                             f"{MAX_TENSOR_ELEMENTS:,} elements, {MAX_RANK} dimensions)")
+    values, indices = tensor_to_array(sparse.values), tensor_to_array(sparse.indices)
+    if values.ndim != 1 or indices.dtype != np.int64 or indices.shape not in ((len(values),), (len(values), len(dims))):
+        raise ModelFileError(f"{path}: sparse tensor {name!r}: values of shape {values.shape} and int64 indices "
+                             f"of shape {indices.shape} do not describe a tensor of shape {dims}")
+    if indices.ndim == 2:  # coordinates: every one inside the shape, then linearised
+        if np.any(indices < 0) or np.any(indices >= np.asarray(dims, np.int64)):
+            raise ModelFileError(f"{path}: sparse tensor {name!r}: an index lies outside the shape {dims}")
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if dims else np.zeros(0, np.int64)
+    if np.any(indices < 0) or np.any(indices >= count) or len(np.unique(indices)) != len(indices):
+        raise ModelFileError(f"{path}: sparse tensor {name!r}: indices out of range or repeated for shape {dims}")
+    dense = np.zeros(count, values.dtype)
+    dense[indices] = values
+    return onnx.numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
 
 
 def tensor_to_array(tensor: TensorProto) -> np.ndarray:

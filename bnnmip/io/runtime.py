@@ -22,27 +22,55 @@ from ..network import BNN
 
 _SESSIONS: OrderedDict[str, object] = OrderedDict()
 _MAX_SESSIONS = 32
+_FATAL = 4  # onnxruntime's log severities: 0 verbose .. 3 error, 4 fatal
+_INHERITED: list[OrderedDict] = []  # a forked child's copies of its parent's sessions: kept, never used
+
+
+def _forget_sessions_after_fork() -> None:
+    """A forked child starts a cache of its own.
+
+    onnxruntime sessions are not fork-safe: destroying (or running) a session copied from the parent
+    waits on thread-pool threads the child does not have, and hangs.  Evicting one from the cache
+    did exactly that once the parent held a full cache, so the child keeps the copies alive, unused.
+    """
+    global _SESSIONS
+    _INHERITED.append(_SESSIONS)
+    _SESSIONS = OrderedDict()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sessions_after_fork)
 
 
 def ort_session(model_bytes: bytes, threads: int | None = None):
     """A cached onnxruntime CPU session for a serialized model."""
-    import onnxruntime as ort
-
     key = hashlib.sha1(model_bytes).hexdigest() + f"/{threads}"
     if key in _SESSIONS:
         _SESSIONS.move_to_end(key)
         return _SESSIONS[key]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = new_session(model_bytes, threads)
     _SESSIONS[key] = session
     if len(_SESSIONS) > _MAX_SESSIONS:
         _SESSIONS.popitem(last=False)
     return session
+
+
+def new_session(model_bytes: bytes, threads: int | None = None):
+    """A new (uncached) onnxruntime CPU session, graph optimizations off, its log kept off stderr.
+
+    onnxruntime logs a failing node on stderr (in colour) as well as raising; bnnmip reports the
+    exception as one line, so only fatal log messages are let through.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(_FATAL)
+    options = ort.SessionOptions()
+    options.log_severity_level = _FATAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def _origin(net: BNN):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..validate import check_threads
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MilpModel
@@ -56,6 +57,9 @@ class SolveOptions:
     on_incumbent: Callable[[np.ndarray, float], Any] | None = None
     mip_gap: float | None = None
     on_progress: Callable[[float | None, float | None], Any] | None = None
+
+    def __post_init__(self):
+        check_threads(self.threads)
 
 
 class Session(Protocol):

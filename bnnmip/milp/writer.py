@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..files import write_file
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MilpModel
@@ -36,12 +37,7 @@ def write_model(model: MilpModel, path: str | os.PathLike) -> Path:
         raise InvalidArgumentError(f"{path}: unknown model file suffix {path.suffix!r}; use .mps or .lp")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"{path}: folder {str(path.parent)!r} does not exist")
-    text = _mps(model) if suffix == ".mps" else _lp(model)
-    try:
-        path.write_text(text)
-    except OSError as e:
-        raise InvalidArgumentError(f"{path}: cannot write ({e.strerror or e})") from e
-    return path
+    return write_file(path, _mps(model) if suffix == ".mps" else _lp(model))  # never through a link
 
 
 def _row_kind(lo: float, hi: float) -> str:

@@ -22,12 +22,12 @@ from ..attacks.combined import iprop_pgd_attack
 from ..attacks.milp import milp_attack
 from ..attacks.pgd import pgd_attack
 from ..attacks.result import AttackResult
-from ..milp.backend import get_backend
+from ..milp.backend import backend_names, get_backend
 from ..network import BNN
 from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import Verdict
 from ..timing import Deadline
-from ..validate import check_choice
+from ..validate import check_choice, check_threads
 from .branch import branch_bits
 from .decision import decide_with_model
 from .enumerate import enumerate_bits, enumerate_first_layer
@@ -57,6 +57,8 @@ def verify(net: BNN, x, eps, *, time_limit: float | None = 60.0, levels: int | N
     ``levels`` the input grid (default: the network's).  With ``target``, only that class counts.
     """
     check_choice(method, ROUTES, "method")
+    check_choice(backend, backend_names(), "backend")  # even when the route chosen solves no MILP: no typos
+    threads = check_threads(threads)
     deadline = Deadline.start(time_limit)
     inst = Instance.make(net, x, eps, levels=levels, target=target, deadline=deadline, progress=progress)
     run = _Run(inst, backend, threads, seed)

@@ -64,29 +64,44 @@ class FlipSearch:
         n = len(self.free)
         order = self._order()
         self.nbr = [_mask(self.compatible[a]) for a in range(n)]
-        root = (0, _mask(np.ones(n, bool)), self.a2 if self.bounded else None, np.zeros(self.rows.shape[1]), 0.0)
-        stack = [root]  # (flip set, candidates, second-stage pre-activation, summed rows, summed needs)
+        rows0 = np.zeros(self.rows.shape[1])
+        cand0 = self._reachable_candidates(_mask(np.ones(n, bool)), rows0, 0.0)
+        if self.bounded and self._upper(self.a2, cand0) < 0:
+            return "robust"
+        stack = [(0, cand0, self.a2 if self.bounded else None, rows0, 0.0)]  # nodes whose bound is open
         while stack:
             if deadline.expired():
                 return "unknown"
             flips, cand, centre, rows, need = stack.pop()
             self.inst.stats.nodes += 1
-            cand = self._reachable_candidates(cand, rows, need)
-            if self.bounded and not self._may_flip(centre, cand):
-                continue
             self.pending.append(flips)
-            for v in order:  # children: add one candidate, keep only candidates after it (each clique once)
-                low = 1 << v
-                if not cand & low:
-                    continue
-                cand ^= low
-                child_centre = centre + self.delta[:, v] if self.bounded else None
-                stack.append((flips | low, cand & self.nbr[v], child_centre, rows + self.rows[v], need + self.need[v]))
+            stack.extend(self._children(flips, cand, centre, rows, need, order))
             if len(self.pending) >= BATCH:
                 verdict = self._evaluate()
                 if verdict != "robust":
                     return verdict
         return self._evaluate()
+
+    def _children(self, flips: int, cand: int, centre, rows: np.ndarray, need: float, order: list[int]) -> list:
+        """The node's children whose bound is still open, the most promising last (popped first).
+
+        Each child adds one candidate and keeps only the candidates generated after it (so every clique
+        is met once, whatever order the children are explored in).
+        """
+        scored = []
+        for v in order:
+            low = 1 << v
+            if not cand & low:
+                continue
+            cand ^= low
+            child_rows, child_need = rows + self.rows[v], need + self.need[v]
+            child_cand = self._reachable_candidates(cand & self.nbr[v], child_rows, child_need)
+            child_centre = centre + self.delta[:, v] if self.bounded else None
+            upper = self._upper(child_centre, child_cand) if self.bounded else 0.0
+            if upper >= 0:
+                scored.append((upper, (flips | low, child_cand, child_centre, child_rows, child_need)))
+        scored.sort(key=lambda item: item[0])
+        return [child for _, child in scored]
 
     def _reachable_candidates(self, cand: int, rows: np.ndarray, need: float) -> int:
         """The candidates ``v`` whose flip the box may still afford beside the node's: the sum of the
@@ -108,8 +123,8 @@ class FlipSearch:
             return list(range(len(self.free)))
         return [int(v) for v in np.argsort(np.abs(self.delta).sum(axis=0), kind="stable")]
 
-    def _may_flip(self, centre: np.ndarray, cand: int) -> bool:
-        """Whether adding some clique of ``cand`` to the node's flips may let a target's margin reach zero.
+    def _upper(self, centre: np.ndarray, cand: int) -> float:
+        """An upper bound on every target's margin over the node's flips plus any clique of ``cand``.
 
         The second stage moves by the flips of any subset of the candidates, and by at most ``omega``
         of them (a clique takes at most one unit of each colour class of a greedy colouring).
@@ -122,9 +137,8 @@ class FlipSearch:
         upper = centre + 2.0 * np.minimum(up, omega)
         fixed = fix_units(lower, upper, self.stage2.threshold)
         if self.deeper:
-            last = propagate_bounds(self.inst.net, self.layer.stage + 1, LayerBounds(lower, upper, fixed))[-1].fixed
-            return bool(self.inst.margin_upper_of(last).max() >= 0)
-        return bool(self.inst.margin_upper_of(fixed).max() >= 0)
+            fixed = propagate_bounds(self.inst.net, self.layer.stage + 1, LayerBounds(lower, upper, fixed))[-1].fixed
+        return float(self.inst.margin_upper_of(fixed).max())
 
     def _evaluate(self) -> str:
         """Exact evaluation of the pending flip sets; reachability checks of those that flip."""

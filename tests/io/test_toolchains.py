@@ -6,7 +6,6 @@ and op; attacks (and ``verify``, once it exists) on a loaded Larq and a loaded B
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import bnnmip
+from tests.helpers import FIXTURES, slow
 
-TOOLCHAINS = next(p / "fixtures" / "toolchains" for p in Path(__file__).resolve().parents
-                  if (p / "fixtures" / "toolchains" / "manifest.json").exists())
+TOOLCHAINS = FIXTURES / "toolchains"
 MANIFEST = json.loads((TOOLCHAINS / "manifest.json").read_text())
 REFUSED = {"brevitas_fc_in8_finn_streamlined.onnx"}
 LOADED = sorted(set(MANIFEST) - REFUSED)
@@ -72,6 +71,7 @@ def test_multi_bit_multithreshold_is_refused_by_name():
 
 
 # ---------------------------------------------------------------------- attacks on loaded models
+@slow  # five attacks and two exact verifications per model
 @pytest.mark.parametrize("name,index,eps_robust,eps_flip", [
     ("larq_docs_softmax", 0, 0.001, 0.003),
     ("brevitas_const01_qonnx", 2, 0.001, 0.003),

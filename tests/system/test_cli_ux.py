@@ -1,6 +1,9 @@
 """The command line as a new user meets it (issue 14), each run in a subprocess: honest radii, verdict
 lines that say what backs them, misclassified images and mismatched data flagged, results saved to a
-folder, a live progress line on long solves (and a quiet Python API), clean help."""
+folder, a live progress line on long solves (and a quiet Python API), clean help.
+
+``pytest -q`` runs the Python-API checks and a few command lines; the rest, each several subprocesses
+of a second or more, are slow."""
 
 from __future__ import annotations
 
@@ -8,18 +11,15 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bnnmip
 from bnnmip.attacks import attack
-from bnnmip.io.datasets import load_npz
 from bnnmip.io.onnx_writer import random_params, save_onnx
+from tests.helpers import ROOT, one_line_error, printed_table, shipped_inputs, shipped_net, slow
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "models"
 MODEL = "models/fmnist_2x100.onnx"
 COMMANDS = ("info", "predict", "attack", "export", "minimal-eps", "bench", "results", "plot")
 
@@ -27,24 +27,6 @@ COMMANDS = ("info", "predict", "attack", "export", "minimal-eps", "bench", "resu
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bnnmip", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def rows(out: str) -> dict[str, str]:
-    """The ``key   value`` lines of a printed table (keys may hold one space: 'max |dx|')."""
-    table = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        table[key] = value.strip()
-    return table
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bnnmip: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -60,26 +42,29 @@ def tiny(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- radii
+@slow  # several command lines in subprocesses
 def test_the_radius_is_printed_as_grid_steps():
     asked = cli("attack", MODEL, "--index", "0", "--eps", "0.02", "--method", "pgd", "--time-limit", "5")
     assert asked.returncode == 0, asked.stderr
-    assert rows(asked.stdout)["eps"] == "5/255 = 0.0196 (asked 0.02)"
+    assert printed_table(asked.stdout)["eps"] == "5/255 = 0.0196 (asked 0.02)"
     steps = cli("attack", MODEL, "--index", "0", "--eps-steps", "5", "--method", "pgd", "--time-limit", "5")
     assert steps.returncode == 0, steps.stderr
-    assert rows(steps.stdout)["eps"] == "5/255 = 0.0196"
-    assert float(rows(steps.stdout)["max"].split()[-1]) <= 5 / 255 + 1e-12  # 'max |dx|'
+    assert printed_table(steps.stdout)["eps"] == "5/255 = 0.0196"
+    assert float(printed_table(steps.stdout)["max"].split()[-1]) <= 5 / 255 + 1e-12  # 'max |dx|'
 
 
+@slow  # several command lines in subprocesses
 def test_a_radius_below_one_step_is_refused_unless_allowed():
     one_line_error(cli("attack", MODEL, "--index", "0", "--eps", "0.001"),
                    "--eps 0.001", "below one grid step (1/255 = 0.00392)", "--allow-zero")
     one_line_error(cli("attack", MODEL, "--index", "0", "--eps", "0"), "--eps 0", "--allow-zero")
     allowed = cli("attack", MODEL, "--index", "0", "--eps", "0.001", "--allow-zero", "--method", "milp")
     assert allowed.returncode == 0, allowed.stderr
-    table = rows(allowed.stdout)
+    table = printed_table(allowed.stdout)
     assert table["eps"] == "0/255 = 0 (asked 0.001)" and table["status"] == "robust"
 
 
+@slow  # several command lines in subprocesses
 def test_a_radius_beyond_the_input_range_is_refused():
     one_line_error(cli("attack", MODEL, "--index", "0", "--eps", "2"), "--eps 2", "larger than the input range [0, 1]")
     one_line_error(cli("attack", MODEL, "--index", "0", "--eps-steps", "300"), "--eps-steps 300", "input range")
@@ -87,23 +72,24 @@ def test_a_radius_beyond_the_input_range_is_refused():
 
 
 def test_the_python_api_says_which_radius_it_searched():
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx", levels=255)
-    x = load_npz(MODELS / "fmnist_test100.npz").inputs()[0]
+    net = shipped_net("fmnist_2x100", levels=255)
+    x = shipped_inputs("fmnist_test100")[0]
     result = attack(net, x, 0.02, method="pgd", time_limit=2)
     assert result.radius.steps == 5 and result.radius.value == pytest.approx(5 / 255)
     assert str(result.radius) == "5/255 = 0.0196" and "asked 0.02" in result.summary()
-    continuous = attack(bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx"), x, 0.02, method="pgd", time_limit=1)
+    continuous = attack(shipped_net("fmnist_2x100"), x, 0.02, method="pgd", time_limit=1)
     assert continuous.radius.steps is None and continuous.radius.value == 0.02
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
+@slow  # several command lines in subprocesses
 def test_a_proof_says_what_proved_it_and_a_flip_who_confirmed_it(tiny):
     model, data = tiny
     seen = set()
     for eps in ("1/255", "2/255", "200/255"):
         done = cli("attack", model, "--data", data, "--index", "0", "--eps", eps, "--method", "milp")
         assert done.returncode == 0, done.stderr
-        table = rows(done.stdout)
+        table = printed_table(done.stdout)
         assert "verified" not in table, done.stdout
         if table["status"] == "robust":
             assert table["proof"].startswith("MILP (HiGHS): every target's dual bound below 0 (largest -")
@@ -116,6 +102,7 @@ def test_a_proof_says_what_proved_it_and_a_flip_who_confirmed_it(tiny):
 
 
 # ---------------------------------------------------------------------------------------------- images and data
+@slow  # several command lines in subprocesses
 def test_a_misclassified_image_is_refused_unless_allowed():
     for command in (["attack", MODEL, "--index", "17", "--eps", "2/255"], ["minimal-eps", MODEL, "--index", "17"]):
         one_line_error(cli(*command), "--index 17", "misclassified (true class 4, the network predicts 6)",
@@ -123,9 +110,10 @@ def test_a_misclassified_image_is_refused_unless_allowed():
     allowed = cli("attack", MODEL, "--index", "17", "--eps", "2/255", "--method", "pgd", "--time-limit", "2",
                   "--allow-misclassified")
     assert allowed.returncode == 0, allowed.stderr
-    assert rows(allowed.stdout)["image"] == "#17 of fmnist_test100 (true class 4, predicted 6)"
+    assert printed_table(allowed.stdout)["image"] == "#17 of fmnist_test100 (true class 4, predicted 6)"
 
 
+@slow  # a command line in a subprocess
 def test_data_from_another_dataset_is_warned_about():
     other = cli("predict", MODEL, "--data", "models/mnist_test1000.npz")
     assert other.returncode == 0, other.stderr
@@ -140,12 +128,12 @@ def test_attack_saves_what_it_found(tmp_path):
     folder = tmp_path / "run"
     done = cli("attack", MODEL, "--index", "0", "--eps", "0.02", "--save", str(folder))
     assert done.returncode == 0, done.stderr
-    assert rows(done.stdout)["saved"].count(str(folder)) == 4
+    assert printed_table(done.stdout)["saved"].count(str(folder)) == 4
     record = json.loads((folder / "result.json").read_text())
     assert record["model"] == MODEL and record["index"] == 0 and record["status"] == "adversarial"
     assert record["radius"]["steps"] == 5 and record["onnxruntime"]["confirmed"] is True
     x, x_adv = np.load(folder / "x.npy"), np.load(folder / "x_adv.npy")
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx")
+    net = shipped_net("fmnist_2x100")
     assert x_adv.shape == (784,) and np.abs(x_adv - x).max() <= 5 / 255 + 1e-12
     assert int(net.predict(x_adv)[0]) == record["adv_label"] != record["label"] == int(net.predict(x)[0])
     png = (folder / "triptych.png").read_bytes()
@@ -156,7 +144,7 @@ def test_minimal_eps_saves_and_explains(tiny, tmp_path):
     model, data = tiny
     done = cli("minimal-eps", model, "--data", data, "--index", "1", "--save", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    table = rows(done.stdout)
+    table = printed_table(done.stdout)
     assert table["grid"] == "255 levels, step 1/255 = 0.00392"
     assert all(part.startswith("r=") and part.endswith(" s)") for part in table["decisions"].split(", "))
     record = json.loads((tmp_path / "result.json").read_text())
@@ -169,8 +157,8 @@ def test_minimal_eps_saves_and_explains(tiny, tmp_path):
 
 
 def test_a_robust_result_saves_without_an_adversarial_input(tmp_path):
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx", levels=255)
-    x = load_npz(MODELS / "fmnist_test100.npz").inputs()[0]
+    net = shipped_net("fmnist_2x100", levels=255)
+    x = shipped_inputs("fmnist_test100")[0]
     result = attack(net, x, 0.0, method="milp", time_limit=10)
     assert result.status == "robust"
     written = result.save(tmp_path / "robust")
@@ -179,6 +167,7 @@ def test_a_robust_result_saves_without_an_adversarial_input(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- progress
+@slow  # waits on a long solve
 def test_a_long_solve_shows_a_live_progress_line():
     done = cli("attack", MODEL, "--index", "0", "--eps-steps", "1", "--method", "milp", "--time-limit", "4",
                "--progress")
@@ -186,15 +175,15 @@ def test_a_long_solve_shows_a_live_progress_line():
     line = re.search(r"MILP target \d+ \(\d+/9\) \| incumbent -?[\d.]+ \| bound (-|-?[\d.e+-]+) \| (\d+\.\d) s",
                      done.stderr)
     assert line is not None and float(line.group(2)) >= 1.5, done.stderr
-    assert "status" in rows(done.stdout)
+    assert "status" in printed_table(done.stdout)
     quiet = cli("attack", MODEL, "--index", "0", "--eps-steps", "1", "--method", "milp", "--time-limit", "2",
                 "--no-progress")
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_the_python_api_is_quiet_unless_asked(capfd):
-    net = bnnmip.load_onnx(MODELS / "fmnist_2x100.onnx", levels=255)
-    x = load_npz(MODELS / "fmnist_test100.npz").inputs()[0]
+    net = shipped_net("fmnist_2x100", levels=255)
+    x = shipped_inputs("fmnist_test100")[0]
     attack(net, x, 1 / 255, method="milp", time_limit=2)
     assert capfd.readouterr().err == ""
     states = []
@@ -205,6 +194,7 @@ def test_the_python_api_is_quiet_unless_asked(capfd):
 
 
 # ---------------------------------------------------------------------------------------------- help
+@slow  # the help of every command, each in a subprocess
 def test_help_is_clean_and_complete():
     top = cli("--help")
     assert top.returncode == 0

@@ -28,6 +28,7 @@ import numpy as np
 
 from ...errors import InvalidArgumentError
 from ...network import BNN
+from ...validate import check_levels
 from ..onnx_file import read_model
 from .calibrate import build_stages
 from .graph import Graph
@@ -36,7 +37,7 @@ from .patterns import PATTERNS, SHARED
 from .reference import CUSTOM_OPS, judged_model, standard_model
 from .scaled import exact_sum_rows
 from .self_check import self_check
-from .walk import walk
+from .walk import check_off_chain, walk
 
 __all__ = ["OnnxOrigin", "load_onnx"]
 
@@ -64,11 +65,12 @@ def load_onnx(
         The graph has a node bnnmip cannot represent exactly (the message names it).
     """
     lo, hi = _checked_range(input_range)
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1):
-        raise InvalidArgumentError(f"levels={levels!r}: expected a positive integer or None")
+    levels = check_levels(levels)
     model, read_as = standard_model(read_model(path, custom_ops=CUSTOM_OPS), str(path))
     graph = Graph(model, str(path), read_as)
+    _check_range_fits(input_range, lo, hi, graph.dtype)
     chain = walk(graph, PATTERNS, SHARED)
+    check_off_chain(graph, chain)
     layers, binarization = build_stages(chain, graph)
     reference = any_batch(judged_model(model, chain.batch_targets))
     origin = OnnxOrigin(
@@ -80,7 +82,7 @@ def load_onnx(
         out_bias=chain.out_bias,
         input_binarization=binarization,
         input_range=(lo, hi),
-        levels=None if levels is None else int(levels),
+        levels=levels,
         input_shape=graph.input_shape,
         tie_rule=chain.tie_rule(),
         source=str(path),
@@ -97,4 +99,14 @@ def _checked_range(input_range) -> tuple[float, float]:
         raise InvalidArgumentError(f"input_range={input_range!r}: expected two numbers (lo, hi)") from e
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise InvalidArgumentError(f"input_range={input_range!r}: expected finite lo < hi")
+    if not np.isfinite(hi - lo):
+        raise InvalidArgumentError(f"input_range={input_range!r}: hi - lo overflows")
     return lo, hi
+
+
+def _check_range_fits(input_range, lo: float, hi: float, dtype: type) -> None:
+    """The range must hold in the model's input type (float32 inputs overflow past ~3.4e38)."""
+    limit = float(np.finfo(dtype).max)
+    if max(abs(lo), abs(hi), hi - lo) > limit:
+        raise InvalidArgumentError(f"input_range={input_range!r}: outside what the model's {np.dtype(dtype).name} "
+                                   f"input holds (|value| <= {limit:.3g})")

@@ -74,6 +74,8 @@ def binarize(state: WalkState, nodes: list[onnx.NodeProto], sigma: float, strict
     values are ``±scale``.  Returns the last node's output.
     """
     node, out = nodes[0], nodes[-1].output[0]
+    for read in nodes:  # read by the walk, not off the chain (see walk.check_off_chain)
+        state.visit(read)
     if state.kind is Kind.RAW:
         if len(state.chain.stages):
             raise UnsupportedModelError(f"{state.where(node)}: input binarization after a layer")

@@ -31,9 +31,12 @@ def cast(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
 
 
 def dropout(state: WalkState, node: onnx.NodeProto, tensor: str) -> str:
-    """``Dropout`` at inference passes through, unless its mask is used."""
+    """``Dropout`` at inference passes through, unless its mask is used or it is in training mode."""
     if len(node.output) > 1 and node.output[1] in state.graph.consumers:
         raise UnsupportedModelError(f"{state.where(node)}: the dropout mask is used")
+    if len(node.input) > 2 and node.input[2]:  # training_mode: onnxruntime would drop values at random
+        if bool(np.asarray(state.graph.need_const(node, 2, "training_mode")).reshape(-1)[:1].any()):
+            raise UnsupportedModelError(f"{state.where(node)}: dropout in training mode is random, not a BNN")
     return state.consume(node)
 
 

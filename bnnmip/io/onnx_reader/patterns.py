@@ -18,7 +18,9 @@ records a node calibration must rerun and returns its output.
 Adding a pattern is one handler (in the module of its family: :mod:`.passthrough`,
 :mod:`.affine`, :mod:`.binarize`, :mod:`.idioms`, or a new one) and one entry here.  A multi-node
 idiom is listed under the op type of its first node, before the general handler of that op, and
-returns ``None`` when the nodes after it do not match.  An idiom that reads one tensor in several
+returns ``None`` when the nodes after it do not match; its nodes are recorded as read
+(``state.visit``, which :func:`.binarize.binarize` does for the nodes it is given), or the check
+that follows the walk refuses them as off the chain.  An idiom that reads one tensor in several
 nodes is listed in :data:`SHARED` instead: only those may take a tensor that feeds several nodes.
 
 Custom QONNX / FINN ops never reach the table: :mod:`.reference` rewrites them as standard nodes

@@ -15,7 +15,7 @@ from onnx import helper
 
 from ...errors import ExactnessError, UnsupportedModelError
 from ...network import BNN, InputBinarization
-from ..runtime import ort_session, tie_inputs
+from ..runtime import new_session, tie_inputs
 from .graph import Graph
 from .walk import Chain
 
@@ -88,7 +88,7 @@ def _run_graph(net: BNN, graph: Graph, names: list[str], X: np.ndarray) -> list[
     dtype = helper.np_dtype_to_tensor_dtype(np.dtype(graph.dtype))
     model.graph.output.extend(helper.make_tensor_value_info(n, dtype, None) for n in names if n not in declared)
     try:
-        session = ort_session(model.SerializeToString())
+        session = new_session(model.SerializeToString(), threads=1)
         results = session.run(names, {graph.input_name: X.astype(graph.dtype).reshape((-1,) + graph.input_shape)})
         return [np.asarray(r, np.float64).reshape(len(X), -1) for r in results]
     except Exception as e:  # onnxruntime raises its own exception types

@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from ...errors import UnsupportedModelError
-from ..runtime import ort_session
+from ..runtime import new_session
 from .graph import Graph
 from .ops import Op
 from .walk import GemmScale, Stage
@@ -79,7 +79,7 @@ def run_stage(stage: Stage, graph: Graph, values: np.ndarray, at_output: bool = 
     m = values.shape[1]
     mini, feed = _calibration_model(stage, graph, m, at_output)
     try:
-        session = ort_session(mini.SerializeToString())
+        session = new_session(mini.SerializeToString(), threads=1)  # one-off: uncached, one thread (fast to start)
         (out,) = session.run([stage.output], {feed: values.astype(graph.dtype)})
     except Exception as e:  # onnxruntime raises its own exception types
         raise UnsupportedModelError(f"{graph.where(stage.node)}: onnxruntime cannot run this layer ({e})") from e

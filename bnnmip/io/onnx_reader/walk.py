@@ -5,6 +5,12 @@ each node to the handlers its op type has in a pattern table (see :mod:`.pattern
 nodes it keeps the current tensor as a per-unit affine function of the last linear layer's
 output, :math:`y = \alpha \odot (W\,\mathrm{in}) + \beta` (:class:`WalkState`), and collects the
 threshold stages found so far (:class:`Chain`).  The chain ends at a graph output.
+
+onnxruntime runs the whole graph, not only the chain, so after the walk every node of the graph
+must be accounted for (:func:`check_off_chain`): a node on the chain was read by a handler, and
+any other node must be a constant that bnnmip folds, within the folding limits and checked
+against onnxruntime.  Anything else (a side ``ConstantOfShape``, a branch of MatMuls, a second
+output computed from the input) is refused, naming the node, before onnxruntime runs it.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Chain:
     """What the walk found: the threshold stages in order and the output layer."""
 
     stages: list[Stage] = field(default_factory=list)
+    nodes: list[onnx.NodeProto] = field(default_factory=list)  # every node the walk read, in order
     out_weight: np.ndarray | None = None
     out_bias: np.ndarray | None = None
     logits_name: str = ""
@@ -118,6 +125,10 @@ class WalkState:
         """Record ``node`` as part of the open layer, so calibration reruns it."""
         if self.stage is not None and self.kind in (Kind.PRE, Kind.RAW):
             self.stage.calib_nodes.append(node)
+
+    def visit(self, node: onnx.NodeProto) -> None:
+        """Record ``node`` as read by the walk (a multi-node idiom visits the nodes after its first)."""
+        self.chain.nodes.append(node)
 
     def consume(self, node: onnx.NodeProto) -> str:
         """Track ``node`` (a one-output node the walk has read) and return its output."""
@@ -216,6 +227,9 @@ def _step_shared(state: WalkState, users: list[onnx.NodeProto], tensor: str,
 def _step(state: WalkState, node: onnx.NodeProto, tensor: str, patterns: Mapping[str, Sequence[Handler]]) -> str:
     """Hand ``node`` to its handlers; the tensor the walk continues from."""
     op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        raise UnsupportedModelError(f"{state.where(node)}: op {node.domain}.{op} is not an ONNX op")
+    state.visit(node)
     if state.kind is Kind.DONE and op not in _AFTER_SOFTMAX:
         raise UnsupportedModelError(f"{state.where(node)}: nothing may follow the output layer's Softmax")
     for handler in patterns.get(op, ()):
@@ -238,3 +252,21 @@ def _finish(state: WalkState, tensor: str) -> Chain:
     if state.kind is not Kind.DONE:
         raise UnsupportedModelError(f"{path}: no linear layer and sign activation on the chain")
     return state.chain
+
+
+def check_off_chain(graph: Graph, chain: Chain) -> None:
+    """Refuse a node that is neither on the chain nor a constant bnnmip folds (and checks).
+
+    Folding the off-chain nodes here applies the same rules as to the chain's constants: the
+    element and byte limits, the op table, and the onnxruntime check of every fold.
+    """
+    on_chain = {tuple(node.output) for node in chain.nodes}  # outputs are unique (checked with the file)
+    for node in graph.model.graph.node:
+        if tuple(node.output) in on_chain:
+            continue
+        for out in node.output:
+            if out and graph.const(out) is None:
+                raise UnsupportedModelError(
+                    f"{graph.where(node)}: not on the layer chain and not a constant (onnxruntime would run it "
+                    "on the input); bnnmip reads one chain of layers"
+                )

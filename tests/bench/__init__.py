@@ -1,0 +1,1 @@
+"""Tests of bnnmip.bench and the smoke runs of the benchmarks/ scripts."""

@@ -1,0 +1,1 @@
+"""Tests of bnnmip.io: the ONNX reader, the datasets and the shipped model zoo."""

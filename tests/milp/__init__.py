@@ -1,0 +1,1 @@
+"""Tests of bnnmip.milp: the MILP model, its formulation and LP-tightened bounds."""

@@ -1,0 +1,1 @@
+"""Tests of bnnmip.verify: the exact engine, route by route."""
