@@ -1,5 +1,7 @@
 """IProp iterations per second: layer problems updated in place ÷ rebuilt every iteration — issue 5.
 
+(The backend-solved layer problems, ``solver='milp'``; IProp's default native solver builds no models.)
+
     python benchmarks/iprop_reuse.py [--quick]
 
 Both modes run the same IProp (same seed, same images, same time limit) in one process, one
@@ -30,7 +32,7 @@ def measure(arch: str, images: int, eps_levels: int, seconds: float) -> tuple[fl
     rate = {True: [0, 0.0], False: [0, 0.0]}
     for i in chosen:
         for reuse in (True, False):
-            r = iprop_attack(net, X[i], eps_levels / 255, time_limit=seconds, reuse=reuse, seed=0)
+            r = iprop_attack(net, X[i], eps_levels / 255, time_limit=seconds, solver="milp", reuse=reuse, seed=0)
             rate[reuse][0] += r.details["iterations"]
             rate[reuse][1] += r.time
     return rate[True][0] / rate[True][1], rate[False][0] / rate[False][1]

@@ -4,28 +4,30 @@ IProp replaces the one hard attack MILP by many small layer-local ones.  From th
 :math:`x'` (clean, or PGD's best) with exact activations :math:`h_1..h_D` and objective
 :math:`f = g \cdot h_D + \mathrm{const}`, :math:`g = A_t - A_c`, one iteration
 
-1. **targets at the top**: samples at most :math:`S` units of layer :math:`D` whose sign disagrees
-   with :math:`g` (probability :math:`\propto |g_j|`) and can flip with :math:`S` input changes;
-2. **propagates down**: for :math:`l = D..2` solves a MILP over :math:`h_{l-1}` (binaries, at most
-   :math:`S` changes) maximising the weighted number of layer-:math:`l` units that end where they
-   should: targets at their new value (weight :math:`|g_j|` at the top, 1 below), every other unit
-   that could move kept where it is (at the top weighted by :math:`|g_j|`, so the top subproblem
-   maximises the true change of :math:`f` over the units it can reach; below, weight 1/2).  The
-   units of :math:`h_{l-1}` that change become the targets of the layer below;
-3. **at the input**: finds the perturbation (in the box, within a trust region of S grid steps)
-   that moves layer 1's targets furthest toward their thresholds while every other unit stays
-   put: a linear program of capped progress (see :class:`_InputLp`); with input binarization the
-   bits are chosen by the layer-1 MILP and the pixels follow;
-4. runs the exact forward pass and keeps the new input if :math:`(f, -\mathrm{potential})`
-   improves, where the potential sums :math:`|g_j|` times the input changes each disagreeing
-   top unit still needs (so plateau moves that bring flips closer are kept).  The step size
-   :math:`S` adapts; after many failures IProp restarts near the best input so far.  Untargeted,
-   each iteration aims at the current runner-up class.
+1. **goals at the top**: every free unit of layer :math:`D` should take the sign of :math:`g_j`,
+   with weight :math:`|g_j|` times a fresh log-normal factor (so the top subproblem maximises a
+   smoothed change of :math:`f`, and each iteration asks for a different mix of units: the
+   paper samples its top targets);
+2. **propagates down**: for :math:`l = D..2` chooses at most :math:`S` flips of :math:`h_{l-1}`
+   maximising the layer-local MAX-SAT objective of :mod:`~bnnmip.attacks.iprop_local` (satisfied
+   targets, broken keeps, partial credit for progress) minus what each flip costs the layer below
+   (its distance to its threshold over what that layer can reach: flips out of reach are not
+   offered).  The flips become targets of layer :math:`l-1`, weighted by their marginal value;
+   every other unit a keep weighted by what changing it would cost (or a bonus target);
+3. **at the input**: chooses pixels in the box, within :math:`S` grid steps of the current input,
+   that reach layer 1's goals (several candidates);
+4. runs the exact forward pass on the candidates and moves to the best if
+   :math:`(f, -\mathrm{potential})` improves, where the potential sums :math:`|g_j|` times the
+   flips each disagreeing top unit still needs.  :math:`S` adapts; after many failures IProp
+   restarts near the best input so far.  Untargeted, each iteration aims at the current runner-up.
 
-Every layer-local MILP is built once per attack and then updated in place (objective, column and
-row bounds, the change-budget row) through a backend session; ``reuse=False`` rebuilds it every
-time instead (for measurement).  Only units that can actually move keep their rows active, so
-each solve is small.
+``solver='local'`` (the default) solves the layer problems natively (greedy MAX-SAT local search
+and a Lagrangian pixel heuristic, :mod:`~bnnmip.attacks.iprop_local`: well under a millisecond
+per ±1 layer); ``solver='milp'`` solves the same layer problems exactly with ``backend``
+(:mod:`~bnnmip.attacks.iprop_layers`: MILPs over ±1 layers and an LP over the pixels — an integer
+program over grid steps on CP-SAT, which solves no LPs — built once and updated in place;
+``reuse=False`` rebuilds them every time).  ``benchmarks/iprop_subproblems.py`` measures the
+native solutions against the exact optima.
 """
 
 from __future__ import annotations
@@ -36,22 +38,33 @@ import numpy as np
 
 from ..bounds import interval_bounds_from_box
 from ..box import check_input, input_box
+from ..errors import InvalidArgumentError
 from ..milp.encoding import pixels_with_bits
 from ..network import BNN
 from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..timing import Deadline
-from .iprop_layers import LayerData, layer_data, layer_solver
+from ..validate import check_choice
+from .iprop_layers import LayerData, layer_data, layer_solver, solves_lps
+from .iprop_local import BETA, Goals, LocalBinary, LocalInput
 from .result import AttackResult
 from .tracker import Tracker
 
+SOLVERS = ("local", "milp")
 _STEPS = (1, 2, 3, 5, 8, 13)  # the step size S: ±1 input changes, or grid steps per pixel
 _PATIENCE = 32  # failed proposals before a restart
-_SOFT_KEEP = 0.5  # weight of kept units below the top (targets weigh 1)
-
-
-def _reachable(a: np.ndarray, theta: np.ndarray, h: np.ndarray, S: int) -> np.ndarray:
-    """Units of a ±1 layer that ``S`` input changes (each moving ``a`` by 2) can flip."""
-    return np.where(h > 0, a - 2 * S <= theta - 2, a + 2 * S >= theta)
+# Restarts after _PATIENCE failures, from (measured on near-miss tuning images, seed 1; flips at
+# 10 s of 12 / at 60 s of 8): 'perturb' the best input with a tenth of its pixels redrawn (6 / 7),
+# 'escalate' as perturb with 5-80 % redrawn (3 / 6), 'random' a uniform point of the box (2 / 6),
+# 'clean' the clean input.  Step schedule on failure: 'walk' S one step up or down at random
+# (6 / 7 with perturb), 'fixed' S = 3 (1 / 5 with escalate), 'cycle' through the steps.
+RESTARTS = ("perturb", "escalate", "random", "clean")
+SCHEDULES = ("walk", "fixed", "cycle")
+# A flip's cost to the layer below, in mean target weights per unit of hardness (0, 0.25, 1.0
+# flipped 33, 37, 29 of 186 hard pairs)
+_COST = 0.25
+# sigma of the log-normal factors on the top units' weights (tuning images, 3 s: without them
+# IProp repeats the same failing proposal; 0.25, 0.5, 1.0 flipped 52, 55, 48 of 186 hard pairs)
+_TOP_NOISE = 0.5
 
 
 def _changes_needed(a: np.ndarray, theta: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -61,9 +74,8 @@ def _changes_needed(a: np.ndarray, theta: np.ndarray, h: np.ndarray) -> np.ndarr
 class _IProp:
     """The state of one IProp run on one input (see the module docstring)."""
 
-    def __init__(self, net: BNN, tracker: Tracker, box, backend: str, reuse: bool, threads, rng, sub_time_limit,
-                 mip_gap: float):
-        """``reuse=False`` rebuilds each layer problem from the network at every solve."""
+    def __init__(self, net: BNN, tracker: Tracker, box, solver: str, backend: str, reuse: bool, threads, rng,
+                 sub_time_limit, mip_gap: float):
         self.net, self.tracker, self.box, self.rng = net, tracker, box, rng
         self.base = box.snap(tracker.x)
         self.bounds = interval_bounds_from_box(net, box)
@@ -72,130 +84,107 @@ class _IProp:
         finite = np.abs(net.layers[0].threshold[np.isfinite(net.layers[0].threshold)])
         self.margin = margin = 1e-6 * (1.0 + float(finite.max(initial=0.0)))
         first = 1 if self.has_ib else 0
+        self.local = solver == "local"
+        # Pixels stay on the grid natively and in an integer program; an LP rounds them.
+        self.rounded = not self.local and solves_lps(backend)
         self.layers = {
-            k: layer_data(net, k, box, self.bounds, self.base, margin)
+            k: layer_data(net, k, box, self.bounds, self.base, margin, rounded=self.rounded)
             for k in range(first, len(net.threshold_stages))
             if np.any(self.bounds[k].fixed == 0) and (k == 0 or np.any(self.bounds[k - 1].fixed == 0))
         }
         self.solver_options = (backend, reuse, threads, mip_gap)
-        self.solvers = {k: layer_solver(d, *self.solver_options) for k, d in self.layers.items()} if reuse else {}
-        self.iterations = self.accepted = self.restarts = 0
+        # The native stages also measure what each stage can reach, whichever solver solves.
+        self.native = {k: LocalInput(d) if d.kind == "pixels" else LocalBinary(d) for k, d in self.layers.items()}
+        self.solvers = {}
+        if not self.local and reuse:
+            self.solvers = {k: layer_solver(d, *self.solver_options) for k, d in self.layers.items()}
+        self.iterations = self.accepted = self.restarts = self.candidates = 0
+        self.restart, self.schedule = "perturb", "walk"
 
     # ------------------------------------------------------------------ scoring
-    def score(self, x: np.ndarray, target: int | None) -> tuple[tuple[float, float], int]:
-        """((f, -potential), target) of an input: ``target=None`` picks the runner-up class of ``x``
-        among the attack's targets, and ``f`` is then the attack's objective (max over targets)."""
-        acts = self.net.forward(x)
-        label, logits = self.tracker.label, acts.logits[0]
+    def score_batch(self, X: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(f, -potential, target) per row of ``X``; ``target=None`` picks each row's runner-up class."""
+        acts = self.net.forward(X)
+        label, logits = self.tracker.label, acts.logits
+        targets = np.asarray(self.tracker.targets)
         if target is None:
-            targets = self.tracker.targets
-            target = int(targets[int(np.argmax(logits[targets]))])
-        f = float(logits[target] - logits[label])
-        g = self.net.out_weight[target] - self.net.out_weight[label]
-        last = self.net.layers[-1]
-        h, a = acts.post[-1][0], acts.pre[-1][0]
-        wrong = (h != np.sign(g)) & (g != 0) & (self.bounds[-1].fixed == 0)
-        need = _changes_needed(a, last.threshold, h)
-        return (f, -float(np.sum(np.abs(g[wrong]) * need[wrong]))), target
+            tgt = targets[np.argmax(logits[:, targets], axis=1)]
+        else:
+            tgt = np.full(len(X), target)
+        rows = np.arange(len(X))
+        f = logits[rows, tgt] - logits[:, label]
+        G = self.net.out_weight[tgt] - self.net.out_weight[label]
+        h, a = acts.post[-1], acts.pre[-1]
+        wrong = (h != np.sign(G)) & (G != 0) & (self.bounds[-1].fixed == 0)
+        need = _changes_needed(a, self.net.layers[-1].threshold, h)
+        return f, -np.sum(np.abs(G) * need * wrong, axis=1), tgt
 
     # ------------------------------------------------------------------ one iteration
-    def propose(self, x: np.ndarray, target: int, S: int, deadline: float) -> np.ndarray | None:
-        """One backward pass of target propagation from input ``x``; the new input or None."""
+    def propose(self, x: np.ndarray, acts, target: int, S: int, deadline: float) -> list[np.ndarray]:
+        """One backward pass of target propagation from input ``x`` (activations ``acts``): candidate inputs."""
         net, label = self.net, self.tracker.label
-        acts = net.forward(x)
-        stages = net.threshold_stages
-        k = len(stages) - 1
+        k = len(net.threshold_stages) - 1
         g = net.out_weight[target] - net.out_weight[label]
-        h, a = acts.post[k][0], acts.pre[k][0]
-        free = self.bounds[k].fixed == 0
-        reach = _reachable(a, stages[k].threshold, h, S) & free
-        wrong = reach & (h != np.sign(g)) & (g != 0)
-        if not wrong.any():
-            return None
-        targets = self._sample(np.flatnonzero(wrong), np.abs(g[wrong]), S)
-        keep = reach & (h == np.sign(g)) & (g != 0)
-        weights = np.zeros(len(h))
-        weights[targets] = np.abs(g[targets])
-        weights[keep] = np.abs(g[keep])
-        desired = np.where(g >= 0, 1.0, -1.0)
-        hard = None  # at the top every reachable unit is soft, weighted by its share of f
+        # Random weights: each iteration asks for a different mix of the top units (the paper samples them).
+        noise = self.rng.lognormal(0.0, _TOP_NOISE, len(g)) if _TOP_NOISE > 0 else 1.0
+        goals = Goals(np.where(self.bounds[k].fixed == 0, np.sign(g), 0.0), np.abs(g) * noise)
         while True:
             problem = self.layers.get(k)
             if problem is None:
-                return None
-            prev_on = self._inputs_now(x, acts, k, problem)
-            movable = self._movable(problem, prev_on, h, weights, desired, S) & self._flippable_inputs(x, acts, k, S)
-            new = self._solver_for(k).solve(prev_on, h, weights, desired, S, self._sub_limit(deadline), movable, hard)
-            if new is None:
-                return None
+                return []
+            inp = self._inputs_now(x, acts, k, problem)
             if problem.kind == "pixels":
-                return self._pixels(x, problem, new)
-            changed = new != prev_on
-            if not changed.any():
-                return None
-            idx = problem.inputs[changed]
+                return [self._pixels(x, problem, v) for v in self._solve_pixels(k, inp, acts, goals, S, deadline)]
+            movable, cost = self._reach_below(x, acts, k, goals, S)
+            new = self._solve_binary(k, inp, acts, goals, S, movable, cost, deadline)
+            if new is None or np.array_equal(new, inp):
+                return []
+            if self.has_ib and k == 1:
+                changed = new != inp
+                return [self._bits(x, problem.inputs[changed], new[changed])]
+            bits, weight = self.native[k].marginal_goals(inp, new, goals)
             k -= 1
-            if self.has_ib and k == 0:
-                return self._bits(x, acts, idx, new[changed])
-            h, a = acts.post[k][0], acts.pre[k][0]
-            desired = h.astype(np.float64).copy()
-            desired[idx] = 2 * new[changed] - 1
-            weights = np.zeros(len(h))
-            if self.layers.get(k) is not None and self.layers[k].kind == "binary":
-                hard = None  # kept units are soft: a target may cost up to 1/_SOFT_KEEP of them
-                weights[:] = _SOFT_KEEP
-            else:  # the input LP holds every non-target unit where it is
-                hard = np.ones(len(h), bool)
-                hard[idx] = False
-            weights[idx] = 1.0
+            desired = np.zeros(len(self.bounds[k].fixed))
+            weights = np.zeros(len(desired))
+            desired[problem.inputs], weights[problem.inputs] = 2.0 * bits - 1.0, weight
+            goals = Goals(desired, weights)
 
-    def _solver_for(self, k: int):
+    def _solve_binary(self, k, inp, acts, goals: Goals, S, movable, cost, deadline):
+        if self.local:
+            return self.native[k].solve(inp, goals, S, movable, cost, self.rng)
+        h = acts.post[k][0]
+        return self._backend_solver(k).solve(inp, h, goals.weight, goals.desired, S, self._sub_limit(deadline),
+                                             movable, None, cost, BETA)
+
+    def _solve_pixels(self, k, inp, acts, goals: Goals, S, deadline) -> list[np.ndarray]:
+        if self.local:
+            return self.native[k].solve(inp, goals, S, self.rng)
+        h = acts.post[k][0]
+        hard = goals.weight > 0  # the LP holds every unit with a goal that is not a target
+        new = self._backend_solver(k).solve(inp, h, goals.weight, goals.desired, S, self._sub_limit(deadline),
+                                            None, hard)
+        return [] if new is None else [new]
+
+    def _backend_solver(self, k: int):
         if k in self.solvers:
             return self.solvers[k]
         # Rebuilt from the network, as an implementation without in-place updates would.
-        data = layer_data(self.net, k, self.box, self.bounds, self.base, self.margin)
+        data = layer_data(self.net, k, self.box, self.bounds, self.base, self.margin, rounded=self.rounded)
         return layer_solver(data, *self.solver_options)
 
-    def _movable(self, problem: LayerData, inp: np.ndarray, h: np.ndarray, weights: np.ndarray,
-                 desired: np.ndarray, S: int) -> np.ndarray:
-        """The inputs the subproblem may move: those whose best move pushes the targets most.
-
-        A target wants its pre-activation to rise if it should end on and to fall otherwise.  An
-        input's move (a flip; a pixel step up or down) scores the weight of targets it pushes the
-        right way minus those it pushes the wrong way; collateral on kept units is left to the
-        MILP, which weighs it exactly for the inputs chosen here.
-        """
-        units = np.flatnonzero(weights > 0)
-        up = np.where(desired[units] > 0, 1.0, -1.0)
-        target = (desired[units] > 0) != (h[units] > 0)
-        w = weights[units]
-        C = problem.coef[units]
-        if problem.kind == "binary":
-            moves = [C * (1.0 - 2.0 * inp)[None, :]]
-            room = [np.ones(len(inp), bool)]
-        else:
-            moves = [C, -C]
-            room = [inp < problem.in_upper, inp > problem.in_lower]
-        scores = []
-        for move, ok in zip(moves, room, strict=True):
-            push = up[:, None] * np.sign(move)
-            gain = (w * target) @ push
-            scores.append(np.where(ok, gain, -np.inf))
-        score = np.max(scores, axis=0) + self.rng.random(len(inp)) * 1e-3
-        if problem.kind == "pixels":  # an L∞ attack needs many pixels: every helpful one may move
-            return score > 0
-        movable = np.zeros(len(inp), bool)
-        movable[np.argsort(-score)[: max(12, 4 * S)]] = True
-        return movable & (score > 0)
-
-    def _flippable_inputs(self, x: np.ndarray, acts, k: int, S: int) -> np.ndarray:
-        """For the problem at stage ``k``: which of its inputs the stage below can flip at all."""
+    def _reach_below(self, x, acts, k: int, goals: Goals, S: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the problem at stage ``k``: which input columns the stage below can flip alone, and
+        each flip's cost (hardness: the distance to the threshold over what can be reached)."""
         problem, below = self.layers[k], self.layers.get(k - 1)
-        if problem.kind == "pixels" or below is None:
-            return np.ones(len(problem.inputs), bool)
-        h_below = acts.post[k - 1][0]
-        inp_below = self._inputs_now(x, acts, k - 1, below)
-        return below.flippable(inp_below, h_below, S)[problem.inputs]
+        n = len(problem.inputs)
+        if below is None:  # input bits: every free bit can take either value
+            return np.ones(n, bool), np.zeros(n)
+        inp = self._inputs_now(x, acts, k - 1, below)
+        hard = self.native[k - 1].hardness(inp, acts.post[k - 1][0], S)[problem.inputs]
+        movable = (hard <= 1.0) & ~below.box_fixed[problem.inputs]
+        targets = goals.weight[goals.desired != 0]
+        scale = float(targets.mean()) if len(targets) else 0.0
+        return movable, _COST * scale * np.where(movable, hard, 0.0)
 
     def _inputs_now(self, x: np.ndarray, acts, k: int, problem: LayerData) -> np.ndarray:
         """Current values of a problem's input columns: bits 0/1, grid steps or pixel values."""
@@ -214,15 +203,10 @@ class _IProp:
         # Real first-layer weights on a grid: the columns are values, so snap them to the grid.
         return self.box.snap(out)
 
-    def _bits(self, x: np.ndarray, acts, bits: np.ndarray, on: np.ndarray) -> np.ndarray:
+    def _bits(self, x: np.ndarray, bits: np.ndarray, on: np.ndarray) -> np.ndarray:
         out = x.copy()
         out[bits] = pixels_with_bits(self.net, self.box, x, bits, on > 0.5)
         return out
-
-    def _sample(self, candidates: np.ndarray, weight: np.ndarray, S: int) -> np.ndarray:
-        if len(candidates) <= S:
-            return candidates
-        return self.rng.choice(candidates, size=S, replace=False, p=weight / weight.sum())
 
     def _sub_limit(self, deadline: float) -> float:
         return min(self.sub_time_limit, deadline - time.perf_counter())
@@ -238,35 +222,51 @@ class _IProp:
         tracker = self.tracker
         fixed_target = tracker.target
         x = self.box.snap(x0)
-        best, target = self.score(x, fixed_target)
+        f, pot, tgt = self.score_batch(x[None, :], fixed_target)
+        best, target, acts = (f[0], pot[0]), int(tgt[0]), self.net.forward(x)
         step, failures = 2, 0
         while time.perf_counter() < deadline and tracker.flip is None:
             if max_iterations is not None and self.iterations >= max_iterations:
                 break
             self.iterations += 1
-            candidate = self.propose(x, target, _STEPS[step], deadline)
-            if candidate is not None:
-                tracker.offer(candidate)
-                score, new_target = self.score(candidate, fixed_target)
-                if score > best and not np.array_equal(candidate, x):
-                    x, best, target, failures = candidate, score, new_target, 0
+            candidates = self.propose(x, acts, target, _STEPS[step], deadline)
+            if candidates:
+                X = np.array(candidates)
+                self.candidates += len(X)
+                f, pot, tgt = self.score_batch(X, fixed_target)
+                i = max(range(len(X)), key=lambda j: (f[j], pot[j]))
+                tracker.offer(X[i], float(f[i]))
+                if (f[i], pot[i]) > best and not np.array_equal(X[i], x):
+                    x, best, target, failures = X[i], (f[i], pot[i]), int(tgt[i]), 0
+                    acts = self.net.forward(x)
                     self.accepted += 1
                     continue
             failures += 1
-            step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
+            if self.schedule == "walk":
+                step = int(np.clip(step + self.rng.choice([-1, 1]), 0, len(_STEPS) - 1))
+            elif self.schedule == "cycle":
+                step = (step + 1) % len(_STEPS)
             if failures >= _PATIENCE:
                 self.restarts += 1
-                x = self._restart_point(tracker.x_best)
+                x = self._restart_point(tracker.x_best, x0)
                 tracker.offer(x)  # a random restart may flip the prediction by itself
-                (best, target), failures, step = self.score(x, fixed_target), 0, 2
+                f, pot, tgt = self.score_batch(x[None, :], fixed_target)
+                best, target, failures, step = (f[0], pot[0]), int(tgt[0]), 0, 2
+                acts = self.net.forward(x)
 
-    def _restart_point(self, x_best: np.ndarray) -> np.ndarray:
-        """The best input so far with a random tenth of its free pixels moved inside the box."""
+    def _restart_point(self, x_best: np.ndarray, x0: np.ndarray) -> np.ndarray:
+        """Where a restart starts (:data:`RESTARTS`): by default the best input so far with a random
+        tenth of its free pixels redrawn inside the box."""
+        if self.restart == "clean":
+            return self.box.snap(x0)
+        if self.restart == "random":
+            return self.box.random(self.rng, 1)[0]
         x = x_best.copy()
         movable = np.flatnonzero(self.box.open)
         if len(movable) == 0:
             return x
-        pick = self.rng.choice(movable, size=max(1, len(movable) // 10), replace=False)
+        share = 0.1 if self.restart == "perturb" else min(0.8, 0.05 * 2 ** ((self.restarts - 1) % 5))
+        pick = self.rng.choice(movable, size=max(1, int(len(movable) * share)), replace=False)
         x[pick] = self.box.random(self.rng, 1, pick)[0]
         return x
 
@@ -283,20 +283,32 @@ def iprop_attack(
     backend: str = "highs",
     levels: int | None = None,
     seed: int = 0,
+    solver: str = "local",
     reuse: bool = True,
     threads: int | None = None,
     sub_time_limit: float = 0.3,
     mip_gap: float = 0.05,
     max_iterations: int | None = None,
+    restart: str = "perturb",
+    schedule: str = "walk",
     progress: Progress = NO_PROGRESS,
 ) -> AttackResult:
     """Attack ``x`` at L∞ radius ``eps`` with IProp (see the module docstring).
 
     ``start`` is an input in the box to start from (PGD's best for ``iprop+pgd``; default the
-    clean input).  ``reuse=False`` rebuilds every layer-local MILP at every solve (to measure what
-    in-place updates save).  IProp never claims 'robust'.  ``progress`` (True, a callable or a
-    :class:`~bnnmip.progress.Progress`) hears the best objective as it improves; quiet by default.
+    clean input).  ``solver`` picks how the layer problems are solved: 'local' (native local
+    search, the default) or 'milp' (exactly, by ``backend``; ``reuse=False`` rebuilds every
+    layer-local model at every solve, to measure what in-place updates save).  IProp never
+    claims 'robust'.  ``restart`` and ``schedule`` pick where restarts start and how the step
+    size moves after a failure (:data:`RESTARTS`, :data:`SCHEDULES`; the defaults measured best).
+    ``progress`` (True, a callable or a :class:`~bnnmip.progress.Progress`) hears the best
+    objective as it improves; quiet by default.
     """
+    check_choice(solver, SOLVERS, "solver")
+    check_choice(restart, RESTARTS, "restart")
+    check_choice(schedule, SCHEDULES, "schedule")
+    if solver == "local" and not reuse:
+        raise InvalidArgumentError("reuse=False: only solver='milp' builds layer models to reuse")
     deadline = Deadline.start(time_limit)
     xf = check_input(net, x)
     box = input_box(net, xf, eps, levels)
@@ -305,8 +317,10 @@ def iprop_attack(
     x0 = xf if start is None else check_input(net, start)
     if start is not None:
         tracker.offer(box.snap(x0))
-    state = _IProp(net, tracker, box, backend, reuse, threads, np.random.default_rng(seed), sub_time_limit,
+    state = _IProp(net, tracker, box, solver, backend, reuse, threads, np.random.default_rng(seed), sub_time_limit,
                    mip_gap)
+    state.restart, state.schedule = restart, schedule
     state.run(x0, deadline.end, max_iterations)
-    details = {"iterations": state.iterations, "accepted": state.accepted, "restarts": state.restarts}
+    details = {"iterations": state.iterations, "accepted": state.accepted, "restarts": state.restarts,
+               "candidates": state.candidates}
     return tracker.result("iprop", backend, details=details)

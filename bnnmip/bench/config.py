@@ -18,6 +18,8 @@ product models × images × ε × methods × backends × targets).  Example::
     first_correct = 5              # the first 5 images the model classifies correctly
     # first = 100                  # the correctly classified ones among the first 100
     # indices = [0, 7, 12]         # exactly these (misclassified ones included)
+    # skip = 20                    # with first_correct: pass over the first 20 correct ones
+    #                                (images held out from tuning: tune on 0-19, judge on 20-39)
 
     [[models]]
     file = "models/fmnist_2x100.onnx"    # data: the manifest slice beside it, or `data = "..."`
@@ -82,7 +84,7 @@ SOLVER_FREE_METHODS = frozenset({"pgd"})
 _TOP_KEYS = {"name", "time_limit", "threads", "levels", "eps", "eps_levels", "methods", "backends", "targets",
              "manifest", "db", "images", "models", "options"}
 _MODEL_KEYS = {"file", "dataset", "arch", "data", "images", "eps", "eps_levels"}
-_IMAGE_KEYS = {"first_correct", "first", "indices"}
+_IMAGE_KEYS = {"first_correct", "first", "indices", "skip"}
 _ARCH_RE = re.compile(r"^(?P<dataset>.+)_(?P<arch>\d+x\d+)$")
 
 
@@ -90,13 +92,15 @@ _ARCH_RE = re.compile(r"^(?P<dataset>.+)_(?P<arch>\d+x\d+)$")
 class ImageSelection:
     """Which images of a data slice to attack: exactly one field is set.
 
-    ``first_correct``: the first N images the model classifies correctly; ``first``: the correctly
-    classified images among the first N; ``indices``: exactly these images.
+    ``first_correct``: the first N images the model classifies correctly (after passing over the
+    first ``skip`` of them); ``first``: the correctly classified images among the first N;
+    ``indices``: exactly these images.
     """
 
     first_correct: int | None = None
     first: int | None = None
     indices: tuple[int, ...] | None = None
+    skip: int = 0
 
     def select(self, labels, preds) -> list[int]:
         """Indices into the slice, given its true ``labels`` and the model's ``preds``."""
@@ -109,14 +113,15 @@ class ImageSelection:
         correct = [i for i in range(n) if labels[i] == preds[i]]
         if self.first is not None:
             return [i for i in correct if i < self.first]
-        return correct[: self.first_correct]
+        return correct[self.skip: self.skip + self.first_correct]
 
     def describe(self) -> str:
         if self.indices is not None:
             return f"indices {list(self.indices)}"
         if self.first is not None:
             return f"correctly classified among the first {self.first}"
-        return f"first {self.first_correct} correctly classified"
+        after = f" after the first {self.skip}" if self.skip else ""
+        return f"first {self.first_correct} correctly classified{after}"
 
 
 @dataclass(frozen=True)
@@ -358,9 +363,18 @@ def _images(value, key: str) -> ImageSelection | None:
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{key}: expected a table with one of {sorted(_IMAGE_KEYS)}")
     check_keys(value, _IMAGE_KEYS, key + ".")
+    value = dict(value)
+    skip = value.pop("skip", None)
+    kinds = sorted(_IMAGE_KEYS - {"skip"})
     if len(value) != 1:
-        raise InvalidArgumentError(f"{key}: give exactly one of {sorted(_IMAGE_KEYS)}")
+        raise InvalidArgumentError(f"{key}: give exactly one of {kinds}")
     (kind, v), = value.items()
+    if skip is not None:
+        if kind != "first_correct":
+            raise InvalidArgumentError(f"{key}.skip: only goes with first_correct")
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise InvalidArgumentError(f"{key}.skip={skip!r}: expected a number of images (integer >= 0)")
+        return ImageSelection(first_correct=check_positive_int(v, f"{key}.{kind}"), skip=skip)
     if kind == "indices":
         if not isinstance(v, list) or not v:
             raise InvalidArgumentError(f"{key}.indices={v!r}: expected a non-empty list of image indices")
