@@ -1,4 +1,5 @@
-"""Flip rate of PGD, IProp, IProp+PGD, the MILP and 'best' per (dataset, architecture, ε) — issues 5 and 12.
+"""Flip rate of PGD, IProp, IProp+PGD, the MILP and 'best' per (dataset, architecture, ε), beside the images
+the exact engine certifies robust (method 'exact': the 'certified' column) — issues 5, 11 and 12.
 
     python benchmarks/flip_rate.py                      # the committed config (10 s), 2 workers
     python benchmarks/flip_rate.py --config benchmarks/configs/flip_rate_60s.toml --workers 1
@@ -32,6 +33,7 @@ from bnnmip.bench.store import ResultStore
 ROOT = Path(__file__).resolve().parent
 METHODS = ("pgd", "iprop", "iprop+pgd", "milp", "best")
 SINGLE = ("pgd", "iprop", "milp")  # the methods 'best' chains
+EXACT = "exact"  # bnnmip.verify: its robust proofs are the 'certified' column (issue 11)
 IPROP_OVER_PGD = 1.3  # issue 12: IProp's flips in all >= this many times PGD's
 
 
@@ -61,9 +63,15 @@ def _flips(name: str) -> Column:
     return Column(name, lambda row: str(row[name].flipped) if name in row else "-")
 
 
+def _certified(row: dict[str, SummaryLine]) -> str:
+    """Images the exact engine proved robust: no attack can flip them, so images - certified is the ceiling."""
+    return str(row[EXACT].robust) if EXACT in row else "-"
+
+
 COLUMNS: list[Column] = [
     Column("images", lambda row: str(max(s.attacked for s in row.values()))),
     *(_flips(m) for m in METHODS),
+    Column("certified", _certified),
 ]
 
 
@@ -75,8 +83,10 @@ def side_by_side(lines: list[SummaryLine]) -> str:
     for dataset in sorted({k[0] for k in rows}) + [None]:
         picked = [s for s in lines if dataset is None or s.dataset == dataset]
         totals = {m: sum(s.flipped for s in picked if method(s) == m) for m in METHODS}
+        has_exact = any(EXACT in r for r in rows.values())
+        certified = sum(s.robust for s in picked if method(s) == EXACT) if has_exact else "-"
         images = sum(max(s.attacked for s in row.values()) for k, row in rows.items() if dataset in (None, k[0]))
-        body.append([dataset or "all", "total", "", str(images), *(str(totals[m]) for m in METHODS)])
+        body.append([dataset or "all", "total", "", str(images), *(str(totals[m]) for m in METHODS), str(certified)])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
                      .rstrip() for r in [header, *body])
@@ -153,10 +163,30 @@ def complete_groups(rows, n_methods: int) -> list:
     return [r for r in rows if count[r.model_sha256, r.image_index, r.eps] == n_methods]
 
 
+def contradictions(rows) -> list[str]:
+    """An image one method proved robust and another flipped (a bug, reported loudly), and any
+    adversarial input onnxruntime did not confirm."""
+    verdicts = defaultdict(dict)
+    for r in rows:
+        verdicts[r.model_sha256, r.dataset, r.arch, r.image_index, r.eps_levels][r.method] = r
+    out = []
+    for (_, dataset, arch, image, eps), by_method in verdicts.items():
+        robust = sorted(m for m, r in by_method.items() if str(r.status) == "robust")
+        flipped = sorted(m for m, r in by_method.items() if str(r.status) == "adversarial")
+        unverified = sorted(m for m, r in by_method.items() if str(r.status) == "adversarial" and not r.verified)
+        where = f"{dataset} {arch} image {image} at {eps:g}/255"
+        if robust and flipped:
+            out.append(_line(False, f"CONTRADICTION on {where}: robust by {robust}, flipped by {flipped}"))
+        if unverified:
+            out.append(_line(False, f"UNVERIFIED adversarial input on {where} from {unverified}"))
+    ok = f"no image both proved robust and flipped, every flip re-checked ({len(verdicts)} image-radius pairs)"
+    return out or [_line(True, ok)]
+
+
 def report(config, rows, n_jobs: int) -> str:
     """The markdown report: what was run, the side-by-side table, the checks, the full table."""
     lines = summarize(rows)
-    checks = [c for check in CHECKS for c in check(lines)]
+    checks = contradictions(rows) + [c for check in CHECKS for c in check(lines)]
     misses = sum(c.startswith("MISS") for c in checks)
     images = {spec.images.describe() for spec in config.models}
     options = "; ".join(f"{m}: {o}" for m, o in config.options) or "none"
