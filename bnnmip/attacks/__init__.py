@@ -10,7 +10,8 @@ from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..threads import single_threaded_blas
 from ..validate import check_choice
 from ..verify.engine import exact_attack
-from .combined import best_attack, iprop_pgd_attack
+from .best import best_attack
+from .combined import iprop_pgd_attack
 from .iprop import iprop_attack
 from .milp import TargetOutcome, milp_attack
 from .pgd import pgd_attack
@@ -32,9 +33,9 @@ def attack(net: BNN, x, eps, *, method: str = "best", target: int | None = None,
     """Attack ``x`` at L∞ radius ``eps`` with ``method`` (one of :data:`METHODS`).
 
     'milp' is the paper's exact MILP (it can prove robustness), 'pgd' the gradient baseline, 'iprop'
-    integer target propagation, 'iprop+pgd' IProp warm-started by PGD, 'best' (the default) PGD,
-    IProp and then the MILP warm-started with the best input so far, and 'exact' the exact engine of
-    :func:`bnnmip.verify` (enumeration, branch-and-bound, CP-SAT, MILP: decides far more instances).
+    integer target propagation, 'iprop+pgd' IProp warm-started by PGD, 'exact' the exact engine of
+    :func:`bnnmip.verify` (enumeration, branch-and-bound, CP-SAT, MILP: decides far more instances),
+    and 'best' (the default) PGD, IProp and then the exact engine for the rest of the budget.
     ``target=None`` attacks every other class (closest first) within the shared ``time_limit``
     (seconds).  ``backend`` picks the MILP solver ('highs', 'scip', 'cvxpy', 'cpsat') for the methods
     that solve MILPs.  ``progress=True`` shows a live line on stderr (incumbent, bound, elapsed) once

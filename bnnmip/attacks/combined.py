@@ -1,4 +1,4 @@
-"""Attacks chained within one time budget: IProp warm-started by PGD, and the recommended 'best'.
+"""Attacks chained within one time budget (IProp warm-started by PGD; 'best' in :mod:`.best`).
 
 A *warm* stage starts from the best input the earlier stages found (their ``x_best``); the
 anytime traces are joined on one clock, and the result is the last stage's verdict unless an
@@ -18,18 +18,15 @@ from ..progress import NO_PROGRESS, Progress, reports_progress
 from ..status import Verdict
 from ..timing import Deadline
 from .iprop import iprop_attack
-from .milp import milp_attack
 from .pgd import pgd_attack
 from .result import AttackResult
 
 # PGD restarts for this share of the time limit, then IProp starts from the best input PGD
 # found (PGD finds most of what it ever finds in its first few hundred restarts).
 PGD_SHARE = 0.2
-# 'best': PGD's and IProp's shares of the budget; the MILP has the rest.
-BEST_SHARES = (0.05, 0.8)
 
 
-def _chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str,
+def chain(net: BNN, x, eps, stages, *, method: str, target, time_limit: float, backend: str,
            progress: Progress) -> AttackResult:
     """Run ``stages`` ((share, attack, options, warm), ...) in turn within one budget; a ``warm``
     stage starts from the best input any earlier stage found."""
@@ -67,26 +64,5 @@ def iprop_pgd_attack(net: BNN, x, eps, *, target: int | None = None, time_limit:
     """PGD for ``pgd_share`` of the budget, then IProp from PGD's best input (the paper's warm start)."""
     common = {"levels": levels, "seed": seed}
     stages = [(pgd_share, pgd_attack, common, False), (None, iprop_attack, {**common, **iprop_options}, True)]
-    return _chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend,
-                  progress=progress)
-
-
-@reports_progress
-def best_attack(net: BNN, x, eps, *, target: int | None = None, time_limit: float = 60.0, backend: str = "highs",
-                levels: int | None = None, seed: int = 0, threads: int | None = None,
-                progress: Progress = NO_PROGRESS) -> AttackResult:
-    """The recommended default: PGD briefly, then IProp, then the exact MILP warm-started with the
-    best input so far for the rest of the budget (which may also prove the input robust).
-
-    IProp starts from the clean input, not from PGD's best: with the same seed it then retraces
-    IProp alone, so 'best' finds what IProp alone finds in its share of the time, and what
-    PGD finds in the first moments (PGD's flips come early).  Shares: :data:`BEST_SHARES`."""
-    common = {"levels": levels}
-    pgd_share, iprop_share = BEST_SHARES
-    stages = [
-        (pgd_share, pgd_attack, {**common, "seed": seed}, False),
-        (iprop_share, iprop_attack, {**common, "seed": seed, "threads": threads}, False),
-        (None, milp_attack, {**common, "threads": threads}, True),
-    ]
-    return _chain(net, x, eps, stages, method="best", target=target, time_limit=time_limit, backend=backend,
+    return chain(net, x, eps, stages, method="iprop+pgd", target=target, time_limit=time_limit, backend=backend,
                   progress=progress)
