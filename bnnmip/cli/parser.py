@@ -104,7 +104,7 @@ def _add_model_commands(sub) -> None:
     _add_problem_args(p)
     p.add_argument("--target", type=int, default=None, help="target class (default: any other class)")
     p.add_argument("--method", choices=tuple(METHODS), default="best",
-                   help="attack (default best: PGD, then IProp, then the exact MILP)")
+                   help="attack (default best: PGD, then IProp, then the exact engine of bnnmip.verify)")
     _add_solver_args(p)
     _add_run_args(p)
     p.set_defaults(func=cmd_attack)
