@@ -3,7 +3,7 @@ r"""The compiled forward kernel (``bnnmip/_kernel.c``): every unit decided in ex
 :meth:`bnnmip.network.BNN.logits` hands a batch to :class:`Kernel` first; the rows it flags, and
 every row when the library is not built or the network has real weights, go to the float path
 (:mod:`bnnmip.fused`).  The module is C (its network description a ctypes structure built here; the GIL is
-released while it runs), built by ``pip install`` from ``setup.py`` when a C compiler is there.
+released while it runs), built by ``pip install`` (``pyproject.toml``) when a C compiler is there.
 
 **±1 layers on bits.**  A ±1 input :math:`h` travels as its bits :math:`b = (h + 1)/2`, so with
 :math:`r_j = \sum_i w_{ji}`, :math:`a_j = 2 B_j - r_j` for :math:`B_j = \sum_i w_{ji} b_i` (an int8 x uint8

@@ -35,7 +35,7 @@ def test_the_kernel_is_built_where_there_is_a_compiler():
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         pytest.skip("no Python headers (Python.h): BNN.logits runs its numpy path")
     assert kernel.describe() != "compiled kernel not built", \
-        "bnnmip/_kernel.c is not built: run `pip install -e .` (or `setup.py build_ext -i`)"
+        "bnnmip/_kernel.c is not built: run `pip install -e .`"
     if not kernel.available():
         pytest.skip(f"{kernel.describe()}: no AVX2 or AVX-512 VNNI here, so BNN.logits runs its numpy path")
 
