@@ -194,9 +194,10 @@ def figure(rows, out: Path) -> list[Path]:
         ax.set_title(f"radius {radius}/255")
         ax.set_xlabel("% of images")
     axes[0][0].invert_yaxis()
-    axes[0][-1].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("bnnmip.verify: certified robust / adversarial (re-checked) / unknown", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     paths = [out / "verify_decided.png", out / "verify_decided.svg"]
     for p in paths:
         fig.savefig(p, dpi=110)
