@@ -5,7 +5,7 @@ checker, this module refuses files that are too large, graphs with too many node
 declared shape is huge or disagrees with their data (or whose element type is not numeric),
 inputs declaring huge examples, and external data that is not a plain file inside the model's
 own folder (absolute paths, ``..`` components and symlinks are refused, never read).  Cycles,
-dangling inputs and tensors defined twice are reported with the node at fault.  See "Security and reliability" in the README.
+dangling inputs and tensors defined twice are reported with the node at fault.  See SECURITY.md.
 
 **One tensor reader.**  Every tensor of the file, wherever the protobuf holds it (initializers,
 Constant values, the values and indices of sparse tensors, tensors in any attribute), is found
