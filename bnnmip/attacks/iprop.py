@@ -39,6 +39,7 @@ import numpy as np
 from ..bounds import interval_bounds_from_box
 from ..box import check_input, input_box
 from ..errors import InvalidArgumentError
+from ..milp.backend import get_backend
 from ..milp.encoding import pixels_with_bits
 from ..network import BNN
 from ..progress import NO_PROGRESS, Progress, reports_progress
@@ -305,6 +306,9 @@ def iprop_attack(
     objective as it improves; quiet by default.
     """
     check_choice(solver, SOLVERS, "solver")
+    solver_backend = get_backend(backend)  # an unknown name is an error even where it goes unused
+    if solver == "milp":
+        solver_backend.require()
     check_choice(restart, RESTARTS, "restart")
     check_choice(schedule, SCHEDULES, "schedule")
     if solver == "local" and not reuse:

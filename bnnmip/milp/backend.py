@@ -79,6 +79,7 @@ class SolverBackend(Protocol):
     title: str  # how people write the solver's name: 'HiGHS'
     capabilities: Capabilities
 
+    def require(self) -> None: ...  # a SolverError naming the package when the solver is not installed
     def solve(self, model: MilpModel, options: SolveOptions) -> MilpSolution: ...
     def native(self, model: MilpModel) -> Any: ...
     def open_session(self, model: MilpModel, *, threads: int | None = None,

@@ -723,15 +723,15 @@ def test_eps_zero_is_answered_robust_by_the_milp(tiny):
         assert attack(net, x, 0.0, method=method, time_limit=2).status in ("robust", "unknown")
 
 
-@pytest.mark.parametrize("method, backend, package", [
-    ("milp", "scip", "pyscipopt"), ("milp", "cvxpy", "cvxpy"), ("milp", "highs", "highspy"), ("iprop", "scip",
-                                                                                             "pyscipopt"),
+@pytest.mark.parametrize("method, backend, package, options", [
+    ("milp", "scip", "pyscipopt", {}), ("milp", "cvxpy", "cvxpy", {}), ("milp", "highs", "highspy", {}),
+    ("iprop", "scip", "pyscipopt", {"solver": "milp"}),  # the default local search needs no solver
 ])
-def test_backend_whose_solver_is_not_installed(tiny, monkeypatch, method, backend, package):
+def test_backend_whose_solver_is_not_installed(tiny, monkeypatch, method, backend, package, options):
     net, x, _ = tiny
     monkeypatch.setitem(sys.modules, package, None)  # "import package" now raises ImportError
     with expect(SolverError, f"backend={backend!r}", f"needs the Python package {package!r}", "not installed"):
-        attack(net, x, 0.1, method=method, backend=backend, time_limit=5)
+        attack(net, x, 0.1, method=method, backend=backend, time_limit=5, **options)
 
 
 def test_check_onnx_arguments(tiny, tmp_path):
