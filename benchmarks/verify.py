@@ -3,6 +3,7 @@
     python benchmarks/verify.py                    # the committed study, 2 workers, resumable
     python benchmarks/verify.py --report           # tables and figure of what is finished
     python benchmarks/verify.py --quick            # a smoke run: one model, two images, 5 s
+    python benchmarks/verify.py --minimal-eps-only # minimal_eps on the input-binarization models
 
 Three parts, all through ``bnnmip.bench`` (one SQLite store, resumable: rerun to continue):
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=30.0)
     parser.add_argument("--start", type=int, default=30, help="first slice index (earlier images: tests, tuning)")
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--route-images", type=int, default=10)
+    parser.add_argument("--route-images", type=int, default=6)
     parser.add_argument("--other-images", type=int, default=10)
     parser.add_argument("--milp-images", type=int, default=5)
     parser.add_argument("--route-models", default="fmnist_2x100,fmnist_3x100,fmnist_2x300,fmnist_ib200-3x100,"
@@ -221,8 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: fmnist 2x100 and ib200, 2 images, 5 s")
     parser.add_argument("--report", action="store_true", help="run nothing; report what is finished")
     parser.add_argument("--no-minimal-eps", action="store_true")
+    parser.add_argument("--minimal-eps-only", action="store_true",
+                        help="only the minimal_eps study (writes verify_minimal_eps.md)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.minimal_eps_only:
+        text = f"# minimal_eps on the input-binarization models\n\n```\n{minimal_eps_study(args)}\n```\n"
+        print(text)
+        Path(args.out, "verify_minimal_eps.md").write_text(text)
+        return 0
     if args.quick:
         args.images = args.route_images = args.milp_images = args.other_images = 2
         args.time_limit, args.route_models = 5.0, "fmnist_2x100,fmnist_ib200-3x100"
