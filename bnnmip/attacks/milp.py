@@ -98,6 +98,9 @@ def milp_attack(
     bounds_seen = [o.bound for o in outcomes.values()]
     complete = len(bounds_seen) == n and all(b is not None for b in bounds_seen)
     message = "" if proved == n or tracker.flip else f"{proved}/{n} targets proved robust within the time limit"
+    failed = [f"target {t}: {o.message or o.status}" for t, o in outcomes.items() if o.status == SolveStatus.ERROR]
+    if failed and not tracker.flip:  # a solver failure is said, not passed off as running out of time
+        message = f"{message}; the solver failed on {len(failed)} target(s) ({failed[0]})"
     proof = f"MILP ({get_backend(backend).title}): every target's dual bound below 0"
     return tracker.result("milp", backend, robust=proved == n, bound=max(bounds_seen) if complete else None,
                           message=message, proof=proof, details={"targets": outcomes, "bounds": bounds,

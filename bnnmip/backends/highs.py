@@ -97,6 +97,21 @@ def configure(h, time_limit: float | None, threads: int | None, verbose: bool, m
         h.setOptionValue("threads", int(threads))
 
 
+_scheduler_threads: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
+
+
+def _match_scheduler(h) -> None:
+    """HiGHS starts one task scheduler per process, with the thread count of the first run, and
+    refuses (status error, nothing solved) a later run that asks for another count: a solve with
+    ``threads=1`` after one with the default failed in 0.1 s.  Restart the scheduler when the count
+    changes (bnnmip runs one HiGHS solve at a time per process)."""
+    wanted = h.getOptionValue("threads")  # 0: HiGHS's default
+    wanted = int(wanted[-1] if isinstance(wanted, tuple) else wanted)  # highspy >= 1.8: (status, value)
+    if _scheduler_threads and _scheduler_threads[0] != wanted:
+        _highspy().Highs.resetGlobalScheduler(True)
+    _scheduler_threads[:] = [wanted]
+
+
 def run(h, model: MilpModel, *, t0: float, start=None, on_incumbent=None, deadline: float | None = None,
         on_progress=None) -> MilpSolution:
     """Run a configured Highs instance and read its outcome into a :class:`MilpSolution`.
@@ -121,6 +136,7 @@ def run(h, model: MilpModel, *, t0: float, start=None, on_incumbent=None, deadli
         h.setSolution(solution)
     h.cbMipImprovingSolution.subscribe(improving)
     h.cbMipInterrupt.subscribe(interrupt)
+    _match_scheduler(h)
     try:
         h.run()
     finally:

@@ -87,6 +87,16 @@ def test_the_milp_attack_passes_options_on_or_refuses_them(tiny, backend, flag, 
             attack(net, x, eps, method="milp", backend=backend, time_limit=20, **{keyword: value})
 
 
+@pytest.mark.parametrize("backend", backend_params("threads"))
+def test_solves_with_changing_thread_counts_in_one_process(backend):
+    """HiGHS keeps one scheduler per process and refused a run with another thread count (status error,
+    nothing solved): every MILP after a default-threads solve failed in the benchmarks' workers."""
+    model = _model(backend)
+    for threads in (None, 1, 2, 1, None):
+        solution = model.solve(backend, threads=threads, time_limit=20)
+        assert solution.status == "optimal", (threads, solution)
+
+
 @pytest.mark.parametrize("backend", backend_params("incumbent_callback"))
 def test_the_incumbent_callback_sees_feasible_solutions(backend):
     model, seen = _model(backend), []
