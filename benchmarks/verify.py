@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minimal-eps-only", action="store_true",
                         help="only the minimal_eps study (writes verify_minimal_eps.md)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--parts", help="run only these parts (comma-separated configuration names, e.g. "
+                                        "verify_cpsat,verify_milp_routes); the report covers every part")
     args = parser.parse_args(argv)
     if args.minimal_eps_only:
         text = f"# minimal_eps on the input-binarization models\n\n```\n{minimal_eps_study(args)}\n```\n"
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = set()
     for cfg in cfgs:
         keys |= {job.key for job in expand(cfg)}
-        if not args.report:
+        if not args.report and (not args.parts or cfg.name in args.parts.split(",")):
             run(cfg, db=args.db, workers=args.workers, progress=not args.no_progress)
     with ResultStore(args.db) as store:
         rows = store.rows(keys)
