@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..box import DEFAULT_LEVELS, Radius, check_input, on_grid
+from ..box import DEFAULT_LEVELS, Radius, check_input, input_box, on_grid
 from ..errors import InvalidArgumentError
 from ..network import BNN
 from ..progress import NO_PROGRESS, Progress, reports_progress
@@ -224,11 +224,9 @@ class _Search:
         d = np.arange(self.robust + 1, distance)
         if not len(d):
             return None
-        lo = self.net.input_range[0]
-        k = np.rint((self.x - lo) / self.step)
-        k_adv = np.rint((x_adv - lo) / self.step)
-        steps = k + np.clip(k_adv - k, -d[:, None], d[:, None])
-        candidates = lo + steps * self.step
+        box = input_box(self.net, self.x, distance * self.step, self.levels)
+        k, k_adv = box.to_steps(self.x), box.to_steps(x_adv)
+        candidates = box.from_steps(k + np.clip(k_adv - k, -d[:, None], d[:, None]))
         predicted = self.net.predict(candidates)
         for i in np.flatnonzero(predicted != self.label)[:3]:  # closest first; onnxruntime must agree
             check = recheck(self.net, self.x, candidates[i], d[i] * self.step, self.label)

@@ -98,3 +98,32 @@ def test_attack_exact_and_minimal_eps_use_the_engine(fmnist):
     assert result.method == "exact" and result.status == "adversarial" and result.verified
     found = bnnmip.minimal_eps(ib, fmnist[0], time_limit=30)
     assert found.exact and found.steps == 1 and found.verified
+
+
+def test_minimal_eps_pulls_a_far_flip_closer():
+    """``_closer``: a flip at a large distance, every change clipped to d steps; what it returns flips in
+    bnnmip and in onnxruntime, lies exactly d steps away, and never below the brute-force minimum."""
+    from bnnmip.attacks.minimal_eps import _Search
+    from bnnmip.timing import Deadline
+
+    pulled = 0
+    for seed in range(30):
+        c = cached_case(seed)
+        r_star = c.min_flip_radius()
+        if r_star is None:
+            continue
+        flips = np.flatnonzero(c.predictions != c.label)
+        far = flips[np.argmax(c.distances()[flips])]
+        distance = int(c.distances()[far])
+        if distance <= r_star:
+            continue
+        search = _Search(c.net, c.x, c.levels, c.step, Deadline.start(10), "highs", "interval", None, None, "auto")
+        closer = search._closer(c.grid[far] / c.levels, distance)
+        if closer is None:
+            continue
+        d, x_adv, adv_label, verified, check = closer
+        assert r_star <= d < distance, (c.describe(), d)
+        assert np.abs(x_adv - c.x).max() == pytest.approx(d * c.step)
+        assert adv_label != c.label and c.net.predict(x_adv)[0] == adv_label and verified and check.ok
+        pulled += 1
+    assert pulled >= 3
