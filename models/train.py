@@ -189,23 +189,31 @@ class BinaryLinear(nn.Linear):
 
 
 class TrainBNN(nn.Module):
-    def __init__(self, depth: int, width: int, n_in: int = 784, n_out: int = 10):
+    """+-1 hidden layers of ``widths`` (BinaryLinear + BatchNorm1d + sign each) and a real output layer;
+    ``input_bn`` (input binarization, :class:`TrainIBBNN`) is registered first, so the parameters keep
+    the order the shipped models were trained with."""
+
+    def __init__(self, widths: tuple[int, ...], n_in: int = 784, n_out: int = 10, input_bn: nn.Module | None = None):
         super().__init__()
         self.flatten = nn.Flatten()
+        if input_bn is not None:
+            self.input_bn = input_bn
         self.linears = nn.ModuleList()
         self.bns = nn.ModuleList()
         prev = n_in
-        for _ in range(depth):
+        for width in widths:
             self.linears.append(BinaryLinear(prev, width))
             self.bns.append(nn.BatchNorm1d(width))
             prev = width
-        self.out = nn.Linear(width, n_out)
+        self.out = nn.Linear(prev, n_out)
 
-    def forward(self, x):
-        x = self.flatten(x)
+    def hidden(self, x):
         for lin, bn in zip(self.linears, self.bns, strict=True):
             x = SignSTE.apply(bn(lin(x)))
-        return self.out(x)
+        return x
+
+    def forward(self, x):
+        return self.out(self.hidden(self.flatten(x)))
 
     def clip_(self):
         with torch.no_grad():
@@ -213,7 +221,7 @@ class TrainBNN(nn.Module):
                 lin.weight.clamp_(-1.0, 1.0)
 
 
-class TrainIBBNN(nn.Module):
+class TrainIBBNN(TrainBNN):
     """Input-binarization BNN: BatchNorm1d + sign on the raw pixels, then +-1 layers of ``widths``.
 
     The input BatchNorm's statistics are the per-pixel mean and variance of the training images,
@@ -231,22 +239,13 @@ class TrainIBBNN(nn.Module):
         n_in: int = 784,
         n_out: int = 10,
     ):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.input_bn = nn.BatchNorm1d(n_in)
+        input_bn = nn.BatchNorm1d(n_in)
         with torch.no_grad():
-            self.input_bn.running_mean.copy_(torch.from_numpy(pixel_mean))
-            self.input_bn.running_var.copy_(torch.from_numpy(pixel_var))
-            std = np.sqrt(pixel_var + self.input_bn.eps)
-            self.input_bn.bias.copy_(torch.from_numpy((pixel_mean - init_threshold) / std))
-        self.linears = nn.ModuleList()
-        self.bns = nn.ModuleList()
-        prev = n_in
-        for width in widths:
-            self.linears.append(BinaryLinear(prev, width))
-            self.bns.append(nn.BatchNorm1d(width))
-            prev = width
-        self.out = nn.Linear(prev, n_out)
+            input_bn.running_mean.copy_(torch.from_numpy(pixel_mean))
+            input_bn.running_var.copy_(torch.from_numpy(pixel_var))
+            std = np.sqrt(pixel_var + input_bn.eps)
+            input_bn.bias.copy_(torch.from_numpy((pixel_mean - init_threshold) / std))
+        super().__init__(widths, n_in, n_out, input_bn)
 
     def train(self, mode: bool = True) -> TrainIBBNN:
         super().train(mode)
@@ -254,15 +253,7 @@ class TrainIBBNN(nn.Module):
         return self
 
     def forward(self, x):
-        x = SignSTE.apply(self.input_bn(self.flatten(x)))
-        for lin, bn in zip(self.linears, self.bns, strict=True):
-            x = SignSTE.apply(bn(lin(x)))
-        return self.out(x)
-
-    def clip_(self):
-        with torch.no_grad():
-            for lin in self.linears:
-                lin.weight.clamp_(-1.0, 1.0)
+        return self.out(self.hidden(SignSTE.apply(self.input_bn(self.flatten(x)))))
 
 
 # ------------------------------------------------------------------------------ deploy modules
@@ -412,7 +403,7 @@ def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Ten
 
 
 def train_model(depth, width, train, test, hp, seed, log_every=5) -> TrainBNN:
-    return fit(lambda: TrainBNN(depth, width), train, test, hp, seed, log_every)
+    return fit(lambda: TrainBNN((width,) * depth), train, test, hp, seed, log_every)
 
 
 def train_ib_model(widths, train, test, hp, seed, log_every=5) -> TrainIBBNN:
