@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bnnmip.bench.config import load_config
 from bnnmip.bench.jobs import expand
-from bnnmip.bench.report import SummaryLine, arch_key, format_table, summarize
+from bnnmip.bench.report import SummaryLine, arch_key, conflicts, format_table, summarize
 from bnnmip.bench.rows import write_csv
 from bnnmip.bench.runner import run
 from bnnmip.bench.store import ResultStore
@@ -164,23 +164,11 @@ def complete_groups(rows, n_methods: int) -> list:
 
 
 def contradictions(rows) -> list[str]:
-    """An image one method proved robust and another flipped (a bug, reported loudly), and any
-    adversarial input onnxruntime did not confirm."""
-    verdicts = defaultdict(dict)
-    for r in rows:
-        verdicts[r.model_sha256, r.dataset, r.arch, r.image_index, r.eps_levels][r.method] = r
-    out = []
-    for (_, dataset, arch, image, eps), by_method in verdicts.items():
-        robust = sorted(m for m, r in by_method.items() if str(r.status) == "robust")
-        flipped = sorted(m for m, r in by_method.items() if str(r.status) == "adversarial")
-        unverified = sorted(m for m, r in by_method.items() if str(r.status) == "adversarial" and not r.verified)
-        where = f"{dataset} {arch} image {image} at {eps:g}/255"
-        if robust and flipped:
-            out.append(_line(False, f"CONTRADICTION on {where}: robust by {robust}, flipped by {flipped}"))
-        if unverified:
-            out.append(_line(False, f"UNVERIFIED adversarial input on {where} from {unverified}"))
-    ok = f"no image both proved robust and flipped, every flip re-checked ({len(verdicts)} image-radius pairs)"
-    return out or [_line(True, ok)]
+    """An image one method proved robust and another flipped, or a flip onnxruntime did not confirm
+    (:func:`~bnnmip.bench.report.conflicts`: a bug, reported loudly)."""
+    problems, n = conflicts(rows, variant=lambda r: r.method)
+    ok = f"no image both proved robust and flipped, every flip re-checked ({n} image-radius pairs)"
+    return [_line(False, p) for p in problems] or [_line(True, ok)]
 
 
 def report(config, rows, n_jobs: int) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 import bnnmip
 from bnnmip.bench.config import parse_config
 from bnnmip.bench.jobs import expand
-from bnnmip.bench.report import arch_key
+from bnnmip.bench.report import arch_key, conflicts
 from bnnmip.bench.rows import write_csv
 from bnnmip.bench.runner import run
 from bnnmip.bench.store import ResultStore
@@ -111,7 +111,7 @@ def report(rows) -> tuple[str, list[str]]:
         key = (r.dataset, r.arch, int(round(r.eps_levels)))
         groups[key + (route_of(r),)].append(r)
         by_instance[(r.model_sha256, r.image_index, int(round(r.eps_levels)))][route_of(r)] = r
-    problems = disagreements(by_instance)
+    problems = conflicts([r for r in rows if r.status != "error"], variant=route_of)[0]
     header = ("dataset", "arch", "r", "route", "n", "robust", "adv", "unknown", "decided", f"<={WITHIN:g}s",
               "median s", "vs milp/highs")
     body = []
@@ -135,18 +135,6 @@ def speedup(group, by_instance) -> str:
         if other is not None and "unknown" not in (str(r.status), str(other.status)) and r.time and other.time:
             ratios.append(other.time / r.time)
     return f"{np.median(ratios):.1f}x ({len(ratios)})" if ratios else "-"
-
-
-def disagreements(by_instance) -> list[str]:
-    out = []
-    for key, routes in by_instance.items():
-        verdicts = {route: str(r.status) for route, r in routes.items() if str(r.status) != "unknown"}
-        if len(set(verdicts.values())) > 1:
-            out.append(f"DISAGREEMENT on {key}: {verdicts}")
-        for route, r in routes.items():
-            if str(r.status) == "adversarial" and not r.verified:
-                out.append(f"UNVERIFIED adversarial on {key} by {route}")
-    return out
 
 
 def _table(header, body) -> str:

@@ -104,3 +104,24 @@ def format_table(lines: list[SummaryLine]) -> str:
     left = {0, 1, 3}
     fmt = [(lambda v, w=w, i=i: v.ljust(w) if i in left else v.rjust(w)) for i, w in enumerate(widths)]
     return "\n".join("  ".join(f(v) for f, v in zip(fmt, row, strict=True)).rstrip() for row in [header, *body])
+
+
+def conflicts(rows: Iterable[ResultRow], variant=lambda r: r.variant) -> tuple[list[str], int]:
+    """What must never happen, each a bnnmip bug to report loudly: an image–radius pair one variant
+    proved robust and another flipped, and an adversarial input onnxruntime did not confirm.
+    ``variant`` names a row's method (default ``method/backend``).  Returns the problems and the
+    number of image–radius pairs looked at."""
+    pairs: dict[tuple, dict[str, ResultRow]] = defaultdict(dict)
+    for r in rows:
+        pairs[r.model_sha256, r.dataset, r.arch, r.image_index, r.eps_levels][variant(r)] = r
+    out = []
+    for (_, dataset, arch, image, eps), by_variant in pairs.items():
+        robust = sorted(v for v, r in by_variant.items() if str(r.status) == "robust")
+        flipped = sorted(v for v, r in by_variant.items() if str(r.status) == "adversarial")
+        unverified = sorted(v for v, r in by_variant.items() if str(r.status) == "adversarial" and not r.verified)
+        where = f"{dataset} {arch} image {image} at {eps:g}/255"
+        if robust and flipped:
+            out.append(f"DISAGREEMENT on {where}: robust by {robust}, flipped by {flipped}")
+        if unverified:
+            out.append(f"UNVERIFIED adversarial input on {where} from {unverified}")
+    return out, len(pairs)
