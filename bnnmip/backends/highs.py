@@ -97,7 +97,7 @@ def configure(h, time_limit: float | None, threads: int | None, verbose: bool, m
         h.setOptionValue("threads", int(threads))
 
 
-_scheduler_threads: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
+_scheduler_threads: int | None = None  # the thread count HiGHS's process-wide scheduler was started with
 
 
 def _match_scheduler(h) -> None:
@@ -105,11 +105,12 @@ def _match_scheduler(h) -> None:
     refuses (status error, nothing solved) a later run that asks for another count: a solve with
     ``threads=1`` after one with the default failed in 0.1 s.  Restart the scheduler when the count
     changes (bnnmip runs one HiGHS solve at a time per process)."""
+    global _scheduler_threads
     wanted = h.getOptionValue("threads")  # 0: HiGHS's default
     wanted = int(wanted[-1] if isinstance(wanted, tuple) else wanted)  # highspy >= 1.8: (status, value)
-    if _scheduler_threads and _scheduler_threads[0] != wanted:
+    if _scheduler_threads is not None and _scheduler_threads != wanted:
         _highspy().Highs.resetGlobalScheduler(True)
-    _scheduler_threads[:] = [wanted]
+    _scheduler_threads = wanted
 
 
 def run(h, model: MilpModel, *, t0: float, start=None, on_incumbent=None, deadline: float | None = None,
